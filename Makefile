@@ -1,0 +1,42 @@
+# esupdater — everyday commands. `make demo` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up down status test unit lint demo bench soak proto clean
+
+install: $(STAMP)  ## create .venv and install esupdater (editable) with dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+up:  ## start Kafka and Elasticsearch on 127.0.0.1 (idempotent; waits until healthy)
+	stack/stack.sh up
+
+down:  ## stop the local stack; leaves no process behind
+	stack/stack.sh down
+
+status:
+	stack/stack.sh status
+
+test: install up  ## unit + integration tests against the local stack
+	$(BIN)/pytest -q
+
+unit: install  ## unit tests only (no servers)
+	$(BIN)/pytest -q tests/unit
+
+lint: install  ## ruff + mypy --strict
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy --strict src/esupdater
+
+proto: install  ## regenerate the Canal protobuf module and its typed stub
+	cd src/esupdater/canal && ../../../$(BIN)/python -m grpc_tools.protoc -I. \
+	  --python_out=. --mypy_out=. canal.proto
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,2 @@
+class EsupdaterError(Exception):
+    """Base of esupdater's errors a user can act on."""

@@ -1,0 +1,339 @@
+"""Typed settings: `settings.toml`, overridden by `ESUPDATER_<SECTION>__<KEY>` env vars.
+
+Secrets (`SecretStr` fields) come only from the environment so they never land in a file that
+gets committed or copied around. Every problem is reported as one line naming where it came
+from (file and dotted key, or env var) so the user can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import orjson
+import pydantic_settings
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from esupdater.errors import EsupdaterError
+
+DEFAULT_PATH = Path("settings.toml")
+ENV_PREFIX = "ESUPDATER_"
+ENV_DELIMITER = "__"
+MIB = 1024 * 1024
+REDACTED = "***"
+
+# load_settings() tells the TOML source which file to read; a class-level config cannot vary
+# per call, and a ContextVar keeps concurrent loads (tests) from seeing each other's path.
+_toml_path: ContextVar[Path] = ContextVar("esupdater_settings_path", default=DEFAULT_PATH)
+
+
+class SettingsError(EsupdaterError):
+    """The settings file or environment holds something we cannot run with."""
+
+
+def _empty_as_none(value: Any) -> Any:
+    # TOML has no null, so `key = ""` is how the file spells "unset"; env vars likewise.
+    return None if value == "" else value
+
+
+def _split_list(value: Any) -> Any:
+    # Env vars may give a list as JSON (`["a","b"]`) or, more readably, as `a,b`.
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return orjson.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+OptStr = Annotated[str | None, BeforeValidator(_empty_as_none)]
+OptPath = Annotated[Path | None, BeforeValidator(_empty_as_none)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list), Field(min_length=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """How we reach Kafka and behave as a consumer-group member."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    topics: StrList = ["canal"]
+    group_id: str = Field(default="esupdater", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    client_id: str = Field(default="esupdater", min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None, BeforeValidator(_empty_as_none)
+    ] = None
+    sasl_username: OptStr = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: OptPath = None
+    fetch_max_bytes: int = Field(default=50 * MIB, ge=1024, le=1024 * MIB)
+    max_partition_fetch_bytes: int = Field(default=1 * MIB, ge=1024, le=1024 * MIB)
+    max_poll_records: int = Field(default=500, ge=1, le=100_000)
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=3_600_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=3_600_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000, le=86_400_000)
+    commit_interval_ms: int = Field(default=1_000, ge=10, le=600_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be lower than session_timeout_ms")
+        if self.security_protocol.startswith("SASL_") and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if self.sasl_mechanism is not None and (
+            self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError(
+                "sasl_mechanism needs sasl_username and the env var "
+                f"{ENV_PREFIX}KAFKA{ENV_DELIMITER}SASL_PASSWORD"
+            )
+        return self
+
+
+class ElasticsearchSettings(_Section):
+    """How we reach Elasticsearch."""
+
+    hosts: StrList = ["http://127.0.0.1:9200"]
+    username: OptStr = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    ca_certs: OptPath = None
+    request_timeout: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> ElasticsearchSettings:
+        bad = [h for h in self.hosts if not h.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"hosts must be URLs starting with http:// or https://, got {bad}")
+        if (self.username is None) != (self.password is None):
+            raise ValueError(
+                "username and password go together (password from the env var "
+                f"{ENV_PREFIX}ELASTICSEARCH{ENV_DELIMITER}PASSWORD)"
+            )
+        return self
+
+
+class WorkerSettings(_Section):
+    """Concurrency of handler execution."""
+
+    max_workers: int = Field(default=256, ge=1, le=100_000)
+    tinyint1_as_bool: bool = False
+
+
+class BulkSettings(_Section):
+    """The shared bulk writer's batching and retry policy."""
+
+    chunk_size: int = Field(default=500, ge=1, le=100_000)
+    max_chunk_bytes: int = Field(default=10 * MIB, ge=1024, le=1024 * MIB)
+    flush_interval_ms: int = Field(default=50, ge=0, le=60_000)
+    max_in_flight: int = Field(default=2, ge=1, le=64)
+    max_retries: int = Field(default=8, ge=0, le=1_000)
+    initial_backoff_ms: int = Field(default=200, ge=1, le=600_000)
+    max_backoff_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> BulkSettings:
+        if self.initial_backoff_ms > self.max_backoff_ms:
+            raise ValueError("initial_backoff_ms must not exceed max_backoff_ms")
+        return self
+
+
+class RuntimeSettings(_Section):
+    """The runtime directory and the stop/drain timing."""
+
+    dir: Path = Path("runtime")
+    check_status_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    stop_timeout_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    drain_timeout_seconds: float = Field(default=20.0, gt=0, le=86_400)
+    stats_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> RuntimeSettings:
+        if self.drain_timeout_seconds > self.stop_timeout_seconds:
+            # `esupdater stop` would report failure while the service is still draining.
+            raise ValueError("drain_timeout_seconds must not exceed stop_timeout_seconds")
+        return self
+
+
+class HandlersSettings(_Section):
+    """Where the user's handlers live."""
+
+    package: str = Field(default="handlers", pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+class DeadLetterSettings(_Section):
+    """What happens to input that cannot be applied."""
+
+    topic: OptStr = None
+    max_attempts: int = Field(default=5, ge=1, le=1_000)
+    on_failure: Literal["block", "skip"] = "block"
+
+
+class LogSettings(_Section):
+    """Logging output."""
+
+    level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class _SecretRefusingTomlSource(TomlConfigSettingsSource):
+    """The TOML source, refusing secrets so they cannot be committed with the file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        try:
+            super().__init__(settings_cls, toml_file=path)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: invalid TOML: {exc}") from exc
+        problems = [
+            f"{path}: {section}.{key}: secrets may not be set in the file; "
+            f"use the env var {env_var_name((section, key))}"
+            for section, key in secret_keys()
+            if isinstance(self.toml_data.get(section), dict) and key in self.toml_data[section]
+        ]
+        if problems:
+            raise SettingsError("\n".join(problems))
+
+
+class Settings(BaseSettings):
+    """All of esupdater's settings, one frozen model per TOML section."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    worker: WorkerSettings = WorkerSettings()
+    bulk: BulkSettings = BulkSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    handlers: HandlersSettings = HandlersSettings()
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit kwargs, then the environment, then the file.
+        return (
+            init_settings,
+            env_settings,
+            _SecretRefusingTomlSource(settings_cls, _toml_path.get()),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data for printing, secrets shown as `***` when set."""
+        return {name: _plain(value) for name, value in self.model_dump().items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, SecretStr):
+        return REDACTED
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def secret_keys() -> Iterator[tuple[str, str]]:
+    """The (section, key) pairs that hold secrets, found from the `SecretStr` annotations."""
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key, sub in model.model_fields.items():
+                if sub.annotation is SecretStr or SecretStr in get_args(sub.annotation):
+                    yield section, key
+
+
+def env_var_name(loc: tuple[str, ...]) -> str:
+    """The environment variable that sets a dotted key, e.g. `ESUPDATER_KAFKA__GROUP_ID`."""
+    return ENV_PREFIX + ENV_DELIMITER.join(part.upper() for part in loc)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Load `path` (default `./settings.toml`, optional) with env overrides, or raise."""
+    if path is not None and not path.is_file():
+        raise SettingsError(f"{path}: settings file not found")
+    toml_path = DEFAULT_PATH if path is None else path
+    token = _toml_path.set(toml_path)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, toml_path)) from None
+    except pydantic_settings.SettingsError as exc:  # an env var that is not valid JSON
+        raise SettingsError(f"environment: {exc}") from exc
+    finally:
+        _toml_path.reset(token)
+
+
+def _describe(exc: ValidationError, toml_path: Path) -> str:
+    return "\n".join(_describe_one(error, toml_path) for error in exc.errors())
+
+
+def _describe_one(error: ErrorDetails, toml_path: Path) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    where = _source_of(loc, toml_path)
+    if error["type"] == "extra_forbidden":
+        reason = "unknown section" if len(loc) == 1 else "unknown key"
+    else:
+        reason = error["msg"].removeprefix("Value error, ")
+        secret = tuple(loc[:2]) in set(secret_keys())
+        if not secret and isinstance(error.get("input"), str | int | float | bool):
+            reason += f" (got {orjson.dumps(error['input']).decode()})"
+    return f"{where}: {'.'.join(loc)}: {reason}"
+
+
+def _source_of(loc: tuple[str, ...], toml_path: Path) -> str:
+    """Name the env var when the environment supplied the key, else the file."""
+    env = sorted(name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX))
+    for depth in (2, 1):  # `ESUPDATER_KAFKA__GROUP_ID`, or the whole section as JSON
+        if len(loc) >= depth and env_var_name(loc[:depth]) in env:
+            return f"env {env_var_name(loc[:depth])}"
+    if len(loc) == 1:  # a section-wide check may involve keys from both sources
+        section_prefix = env_var_name(loc) + ENV_DELIMITER
+        overrides = [name for name in env if name.startswith(section_prefix)]
+        if overrides:
+            return f"{toml_path} (with env {', '.join(overrides)})"
+    return str(toml_path)
