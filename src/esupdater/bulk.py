@@ -1,0 +1,184 @@
+"""The shared bulk writer: every handler's actions go through one `async_streaming_bulk` pipe.
+
+Callers `await writer.execute(action)` and get the item's result once Elasticsearch has
+acknowledged it. Actions are spread over `max_in_flight` lanes by (index, id), so two writes
+to one document always travel the same lane, in order; each lane sends one request at a time.
+A lane batches whatever is waiting when it becomes free (up to `chunk_size`, or for at most
+`flush_interval`), so light load gets low latency and heavy load gets big requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_streaming_bulk
+
+from esupdater.backoff import Backoff
+from esupdater.errors import BulkItemError
+
+log = logging.getLogger(__name__)
+
+#: Item statuses worth retrying: Elasticsearch is busy or briefly unavailable.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+Action = dict[str, Any]
+
+
+class BulkSink(Protocol):
+    """Where `Context` sends actions: Elasticsearch, or memory in the test harness."""
+
+    async def execute(self, action: Action) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BulkLimits:
+    chunk_size: int = 500
+    max_chunk_bytes: int = 10 * 1024 * 1024
+    flush_interval: float = 0.05
+    max_in_flight: int = 2
+
+
+class _TransientFailure(Exception):
+    """One attempt failed in a way that may succeed later (429, 5xx, connection)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_Item = tuple[Action, "asyncio.Future[dict[str, Any]]"]
+_STOP = None
+
+
+class BulkWriter:
+    """Batches actions from all tasks into bulk requests; resolves each caller's future."""
+
+    def __init__(
+        self, es: AsyncElasticsearch, limits: BulkLimits, backoff: Backoff
+    ) -> None:
+        self.es = es
+        self.limits = limits
+        self.backoff = backoff
+        self._lanes: list[asyncio.Queue[_Item | None]] = [
+            asyncio.Queue() for _ in range(limits.max_in_flight)
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self.requests = 0
+        self.transient_failures = 0
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run_lane(lane), name=f"bulk-lane-{i}")
+            for i, lane in enumerate(self._lanes)
+        ]
+
+    async def close(self) -> None:
+        """Send what is queued, then stop the lanes."""
+        for lane in self._lanes:
+            lane.put_nowait(_STOP)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def execute(self, action: Action) -> dict[str, Any]:
+        """Queue one action; return its item result once acknowledged.
+
+        Transient failures are retried with capped exponential backoff for as long as it
+        takes (the offset is not committed meanwhile); a permanent one raises BulkItemError.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(action)
+            except _TransientFailure as failure:
+                self.transient_failures += 1
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "Elasticsearch %s, retrying %s/%s (attempt %d) in %.1fs",
+                    failure.reason, action.get("_index"), action.get("_id"), attempt, delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, action: Action) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        lane = hash((action.get("_index"), action.get("_id"))) % len(self._lanes)
+        self._lanes[lane].put_nowait((action, future))
+        return await future
+
+    async def _run_lane(self, lane: asyncio.Queue[_Item | None]) -> None:
+        stopping = False
+        while not stopping:
+            first = await lane.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stopping = await self._collect(lane, batch)
+            await self._send(batch)
+
+    async def _collect(self, lane: asyncio.Queue[_Item | None], batch: list[_Item]) -> bool:
+        """Add to `batch` what arrives while other tasks are still producing; True on stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.flush_interval
+        while len(batch) < self.limits.chunk_size:
+            if lane.empty():
+                # Let every ready task run once: if none of them queued anything, nothing
+                # more is coming soon and waiting would only add latency.
+                await asyncio.sleep(0)
+                if lane.empty() or loop.time() >= deadline:
+                    return False
+            item = lane.get_nowait()
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
+
+    async def _send(self, batch: list[_Item]) -> None:
+        self.requests += 1
+        done = 0
+        try:
+            async for ok, info in async_streaming_bulk(
+                self.es,
+                [action for action, _ in batch],
+                chunk_size=self.limits.chunk_size,
+                max_chunk_bytes=self.limits.max_chunk_bytes,
+                raise_on_error=False,
+                raise_on_exception=False,
+                max_retries=0,  # retries happen per item in execute(), in order
+            ):
+                action, future = batch[done]
+                done += 1
+                if not future.done():
+                    _resolve(future, action, ok, info)
+        except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
+            reason = f"request failed ({type(exc).__name__}: {exc})"
+            for _, future in batch[done:]:
+                if not future.done():
+                    future.set_exception(_TransientFailure(reason))
+
+
+def _resolve(
+    future: asyncio.Future[dict[str, Any]], action: Action, ok: bool, info: Mapping[str, Any]
+) -> None:
+    op_type, item = next(iter(info.items()))
+    if ok:
+        future.set_result(item)
+        return
+    status = item.get("status")
+    if op_type == "delete" and status == 404:
+        future.set_result(item)  # deleting a missing document is not an error
+        return
+    error = item.get("error")
+    if isinstance(error, Mapping):
+        reason = f"{error.get('type')}: {error.get('reason')}"
+    else:
+        reason = str(error)
+    if not isinstance(status, int) or status in TRANSIENT_STATUSES:
+        future.set_exception(_TransientFailure(f"{status} {reason}"))
+    else:
+        index, doc_id = str(action.get("_index")), str(action.get("_id"))
+        future.set_exception(BulkItemError(op_type, index, doc_id, status, reason))

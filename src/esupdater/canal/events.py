@@ -1,0 +1,55 @@
+"""What both Canal forms share: which event types are DDL, which carry nothing, and time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from esupdater.canal.errors import CanalDecodeError
+from esupdater.change import Change, Position
+
+#: Canal event types that carry one statement instead of rows.
+DDL_TYPES = frozenset(
+    {"CREATE", "ALTER", "ERASE", "QUERY", "TRUNCATE", "RENAME", "CINDEX", "DINDEX"}
+)
+
+#: Canal event types with nothing for a handler: GTID markers, XA ends, master heartbeats.
+SKIPPED_TYPES = frozenset({"GTID", "XACOMMIT", "XAROLLBACK", "MHEARTBEAT"})
+
+_MS_PER_S = 1000
+
+
+def executed_at(es_ms: int | None, position: Position) -> datetime | None:
+    """Canal's `es` / executeTime (ms since the epoch) as an aware UTC datetime; 0 means unknown."""
+    if not es_ms:
+        return None
+    try:
+        return datetime.fromtimestamp(es_ms / _MS_PER_S, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise CanalDecodeError(position, f"execution time {es_ms} ms is out of range") from exc
+
+
+def ddl_change(
+    database: str,
+    table: str,
+    type_: str,
+    sql: str,
+    pk_names: tuple[str, ...],
+    when: datetime | None,
+    position: Position,
+    row_index: int,
+) -> Change:
+    """ONE Change for a DDL statement: no row, the statement in `sql`."""
+    return Change(
+        database=database,
+        table=table,
+        type=type_,
+        row={},
+        old=None,
+        pk_names=pk_names,
+        raw={},
+        executed_at=when,
+        sql=sql,
+        position=position,
+        row_index=row_index,
+        is_ddl=True,
+    )

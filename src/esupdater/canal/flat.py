@@ -1,0 +1,137 @@
+"""Canal's flat JSON form (flatMessage=true): one table's rows per Kafka record."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+
+from esupdater.canal.errors import CanalDecodeError
+from esupdater.canal.events import DDL_TYPES, SKIPPED_TYPES, ddl_change, executed_at
+from esupdater.canal.values import Converter, RowTyper, converter_for
+from esupdater.change import ROW_TYPES, Change, Position
+
+_T = TypeVar("_T")
+
+_JSON_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> list[Change]:
+    """One Change per row of a FlatMessage, or one for its DDL statement."""
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise CanalDecodeError(position, f"bad JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise CanalDecodeError(
+            position, f"not a Canal flat message: JSON {_kind(message)}, not an object"
+        )
+    database = _required(message, "database", str, position)
+    table = _required(message, "table", str, position)
+    type_ = _required(message, "type", str, position)
+    is_ddl = _optional(message, "isDdl", bool, position) or False
+    when = executed_at(_optional(message, "es", int, position), position)
+    pk_names = tuple(_strings(_optional(message, "pkNames", list, position) or [], position))
+    sql = _optional(message, "sql", str, position) or ""
+    if is_ddl or type_ in DDL_TYPES:
+        return [ddl_change(database, table, type_, sql, pk_names, when, position, 0)]
+    data = _optional(message, "data", list, position)
+    if not data or type_ in SKIPPED_TYPES:
+        return []
+    if type_ not in ROW_TYPES:
+        raise CanalDecodeError(position, f"unknown event type {type_!r} for rows")
+    typer = RowTyper(_converters(message, position, tinyint1_as_bool), position)
+    olds: list[Any] = []
+    if type_ == "UPDATE":
+        olds = _optional(message, "old", list, position) or [{}] * len(data)
+        if len(olds) != len(data):
+            raise CanalDecodeError(
+                position, f"field 'old' has {len(olds)} entries for {len(data)} rows"
+            )
+    changes = []
+    for index, raw in enumerate(data):
+        if not isinstance(raw, dict):
+            raise CanalDecodeError(position, f"data[{index}] must be an object, got {_kind(raw)}")
+        old = None
+        changed: frozenset[str] = frozenset()
+        if olds:
+            raw_old = olds[index]
+            if not isinstance(raw_old, dict):
+                raise CanalDecodeError(
+                    position, f"old[{index}] must be an object, got {_kind(raw_old)}"
+                )
+            old = typer(raw_old)
+            changed = frozenset(raw_old)
+        changes.append(
+            Change(
+                database=database,
+                table=table,
+                type=type_,
+                row=typer(raw),
+                old=old,
+                pk_names=pk_names,
+                raw=raw,
+                executed_at=when,
+                sql="",
+                position=position,
+                row_index=index,
+                changed=changed,
+            )
+        )
+    return changes
+
+
+def _converters(
+    message: dict[str, Any], position: Position, tinyint1_as_bool: bool
+) -> dict[str, Converter]:
+    mysql_types = _optional(message, "mysqlType", dict, position) or {}
+    sql_types = _optional(message, "sqlType", dict, position) or {}
+    converters = {}
+    for name in {**sql_types, **mysql_types}:
+        mysql_type = mysql_types.get(name)
+        sql_type = sql_types.get(name)
+        if mysql_type is not None and type(mysql_type) is not str:
+            raise CanalDecodeError(position, f"mysqlType of {name!r} must be a string")
+        if sql_type is not None and type(sql_type) is not int:
+            raise CanalDecodeError(position, f"sqlType of {name!r} must be an integer")
+        converters[name] = converter_for(mysql_type, sql_type, tinyint1_as_bool)
+    return converters
+
+
+def _required(message: dict[str, Any], name: str, kind: type[_T], position: Position) -> _T:
+    if name not in message:
+        raise CanalDecodeError(position, f"not a Canal flat message: missing field {name!r}")
+    found = _optional(message, name, kind, position)
+    if found is None:
+        raise CanalDecodeError(position, f"field {name!r} must not be null")
+    return found
+
+
+def _optional(
+    message: dict[str, Any], name: str, kind: type[_T], position: Position
+) -> _T | None:
+    found = message.get(name)
+    # type() rather than isinstance(): JSON true must not pass as the integer 1.
+    if found is None or type(found) is kind:
+        return found
+    raise CanalDecodeError(
+        position, f"field {name!r} must be {_JSON_NAMES[kind]} or null, got {_kind(found)}"
+    )
+
+
+def _strings(items: list[Any], position: Position) -> list[str]:
+    for item in items:
+        if type(item) is not str:
+            raise CanalDecodeError(position, f"pkNames must hold strings, got {_kind(item)}")
+    return items
+
+
+def _kind(value: object) -> str:
+    return _JSON_NAMES.get(type(value), "null" if value is None else type(value).__name__)

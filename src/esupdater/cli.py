@@ -1,0 +1,164 @@
+"""The `esupdater` command: run, stop, status, check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from esupdater import __version__
+from esupdater.errors import EsupdaterError
+from esupdater.logs import setup_logging
+from esupdater.routing import default_registry, load_handlers
+from esupdater.runtime import read_running_pid, read_stats, wait_for_stop
+from esupdater.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Keep Elasticsearch documents in step with MySQL: Canal row changes from Kafka, "
+    "your async handlers, one bulk writer.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+SettingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings", "-s", envvar="ESUPDATER_SETTINGS", dir_okay=False,
+        help="Settings file (default: ./settings.toml; ESUPDATER_<SECTION>__<KEY> overrides).",
+    ),
+]
+
+#: Exit status for configuration esupdater cannot work with (what and where is printed).
+EXIT_CONFIG = 2
+
+
+def _settings(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except EsupdaterError as exc:
+        err.print(f"[red]invalid settings[/red]\n{exc}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"esupdater {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """esupdater: MySQL -> Canal -> Kafka -> your handlers -> Elasticsearch."""
+
+
+@app.command()
+def run(settings: SettingsOption = None) -> None:
+    """Consume and apply changes until `esupdater stop`, SIGTERM or SIGINT (blocks)."""
+    from esupdater.service import serve  # the heavy imports only where they are needed
+
+    config = _settings(settings)
+    setup_logging(config.log.level, config.log.format)
+    try:
+        uvloop.run(serve(config))
+    except EsupdaterError as exc:
+        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def stop(
+    settings: SettingsOption = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for the drain (default: runtime.stop_timeout_seconds)."),
+    ] = None,
+) -> None:
+    """Ask the running instance to drain and exit; wait for it (exit 0 when it has)."""
+    config = _settings(settings)
+    runtime_dir = config.runtime.dir
+    pid = read_running_pid(runtime_dir)
+    if pid is None:
+        err.print(f"esupdater is not running (runtime dir {runtime_dir})")
+        raise typer.Exit(1)
+    wait = config.runtime.stop_timeout_seconds if timeout is None else timeout
+    out.print(f"stopping esupdater (pid {pid}) ...")
+    if asyncio.run(wait_for_stop(runtime_dir, wait)):
+        out.print("stopped")
+        return
+    err.print(f"still running after {wait:g} s (pid {pid}); it is draining or stuck: "
+              "see its log, or wait and run `esupdater stop` again")
+    raise typer.Exit(1)
+
+
+@app.command()
+def status(settings: SettingsOption = None) -> None:
+    """Running or not, pid, uptime, rows/s, lag and error counts (exit 1 when not running)."""
+    config = _settings(settings)
+    pid = read_running_pid(config.runtime.dir)
+    if pid is None:
+        out.print(f"esupdater is not running (runtime dir {config.runtime.dir})")
+        raise typer.Exit(1)
+    stats = read_stats(config.runtime.dir) or {}
+    table = Table(show_header=False, box=None)
+    table.add_row("state", "[green]running[/green]")
+    table.add_row("pid", str(pid))
+    for label, value in _status_rows(stats):
+        table.add_row(label, value)
+    out.print(table)
+
+
+def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    if not stats:
+        return [("stats", "not written yet")]
+    uptime = time.time() - float(stats.get("started_at", time.time()))
+    lag: dict[str, int] = stats.get("lag", {})
+    rows = [
+        ("uptime", f"{uptime:.0f} s"),
+        ("group", str(stats.get("group_id", ""))),
+        ("rows/s", str(stats.get("rows_per_second", 0))),
+        ("rows done", str(stats.get("rows_done", 0))),
+        ("in flight", str(stats.get("in_flight", 0))),
+        ("lag", f"{sum(lag.values())} ({', '.join(f'{k}={v}' for k, v in lag.items()) or '-'})"),
+    ]
+    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered", "unrouted"):
+        rows.append((key.replace("_", " "), str(stats.get(key, 0))))
+    return rows
+
+
+@app.command()
+def check(settings: SettingsOption = None) -> None:
+    """Validate the settings, import the handlers and print the route table."""
+    config = _settings(settings)
+    try:
+        modules = load_handlers(config.handlers.package, default_registry)
+    except EsupdaterError as exc:
+        err.print(f"[red]handlers: {exc}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}")
+    table = Table(title="routes", title_justify="left")
+    table.add_column("pattern")
+    table.add_column("types")
+    table.add_column("handler")
+    for route in default_registry.routes:
+        table.add_row(route.pattern, ", ".join(sorted(route.types)), route.name)
+    out.print(table)
+    if not default_registry.routes:
+        err.print(f"no handlers registered in package {config.handlers.package!r}")
+        raise typer.Exit(EXIT_CONFIG)
+
+
+def main() -> None:
+    app()

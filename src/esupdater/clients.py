@@ -1,0 +1,68 @@
+"""Kafka and Elasticsearch clients built from settings: one place knows every option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+from elastic_transport import OrjsonSerializer
+from elasticsearch import AsyncElasticsearch
+
+from esupdater.settings import ElasticsearchSettings, KafkaSettings
+
+
+def _kafka_common(kafka: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password is not None:
+            options["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None
+        )
+    return options
+
+
+def make_consumer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaConsumer:
+    """A group consumer with manual commits: offsets move only after acknowledgement."""
+    return AIOKafkaConsumer(
+        **_kafka_common(kafka),
+        group_id=kafka.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=kafka.auto_offset_reset,
+        fetch_max_bytes=kafka.fetch_max_bytes,
+        max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
+        max_poll_records=kafka.max_poll_records,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        **extra,
+    )
+
+
+def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
+    """A producer that waits for every replica: dead letters must not be lost."""
+    return AIOKafkaProducer(
+        **_kafka_common(kafka), acks="all", enable_idempotence=True, **extra
+    )
+
+
+def make_elasticsearch(es: ElasticsearchSettings, *, orjson: bool = True) -> AsyncElasticsearch:
+    """The shared async client; orjson serialises bulk bodies several times faster."""
+    options: dict[str, Any] = {"request_timeout": es.request_timeout}
+    if orjson:
+        options["serializer"] = OrjsonSerializer()
+    if es.username and es.password is not None:
+        options["basic_auth"] = (es.username, es.password.get_secret_value())
+    if es.api_key is not None:
+        options["api_key"] = es.api_key.get_secret_value()
+    if es.ca_certs:
+        options["ca_certs"] = str(es.ca_certs)
+    return AsyncElasticsearch(list(es.hosts), **options)

@@ -1,0 +1,219 @@
+"""The consume loop: Kafka records -> Canal rows -> the ordered pool -> commits after acks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from esupdater.canal import CanalDecodeError, decode_record
+from esupdater.change import Change, Position
+from esupdater.deadletter import Failure, SetAside
+from esupdater.dispatch import KeyedDispatcher
+from esupdater.handling import HandlerRunner
+from esupdater.offsets import OffsetTracker, PartitionOffsets
+from esupdater.routing import Registry, Route
+from esupdater.stats import Stats
+
+log = logging.getLogger(__name__)
+
+#: How long one getmany waits for records before the loop checks for a stop again.
+FETCH_TIMEOUT_MS = 200
+
+
+class Pipeline:
+    """Feeds fetched records through the dispatcher and commits what is fully done.
+
+    An offset is committed only when every row of that record and of every earlier record
+    of its partition has been acknowledged by Elasticsearch or set aside.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: list[str],
+        registry: Registry,
+        runner: HandlerRunner,
+        set_aside: SetAside,
+        stats: Stats,
+        *,
+        max_workers: int,
+        commit_interval: float,
+        drain_timeout: float,
+        tinyint1_as_bool: bool = False,
+    ) -> None:
+        self.consumer = consumer
+        self.topics = topics
+        self.registry = registry
+        self.runner = runner
+        self.set_aside = set_aside
+        self.stats = stats
+        self.dispatcher = KeyedDispatcher(max_workers)
+        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.commit_interval = commit_interval
+        self.drain_timeout = drain_timeout
+        self.tinyint1_as_bool = tinyint1_as_bool
+        self._assigned: set[TopicPartition] = set()
+        self._commit_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain, commit and return."""
+        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+        fetching = asyncio.create_task(self._fetch_loop(), name="fetch")
+        committing = asyncio.create_task(self._commit_loop(), name="commit")
+        stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+        try:
+            done, _ = await asyncio.wait(
+                {fetching, stopped}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if fetching in done:
+                fetching.result()  # a crash of the loop itself is a bug: surface it
+        finally:
+            for task in (fetching, committing, stopped):
+                task.cancel()
+            await asyncio.gather(fetching, committing, stopped, return_exceptions=True)
+            await self._drain_and_commit()
+
+    async def _drain_and_commit(self) -> None:
+        if not await self.dispatcher.drain(timeout=self.drain_timeout):
+            abandoned = self.dispatcher.cancel_all()
+            log.warning(
+                "drain timeout (%.0fs) passed: %d row(s) abandoned uncommitted; "
+                "they will be consumed again", self.drain_timeout, abandoned,
+            )
+            await self.dispatcher.drain(timeout=self.drain_timeout)
+        await self.commit()
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp not in self._assigned:
+                        break  # revoked while we were feeding: the next owner replays it
+                    await self._feed(tp, record)
+
+    async def _feed(self, tp: TopicPartition, record: Any) -> None:
+        self.stats.records += 1
+        position = Position(tp.topic, tp.partition, record.offset)
+        value: bytes | None = record.value
+        try:
+            changes = decode_record(value, position, tinyint1_as_bool=self.tinyint1_as_bool)
+        except CanalDecodeError as exc:
+            self.stats.decode_errors += 1
+            self.offsets.track(tp, record.offset, 0)
+            await self.set_aside.put(
+                value, Failure(position, str(exc), f"{type(exc).__module__}.{type(exc).__name__}")
+            )
+            return
+        routed: list[tuple[Change, tuple[Route, ...]]] = []
+        for change in changes:
+            routes = self.registry.handlers_for(change.database, change.table, change.type)
+            if routes:
+                routed.append((change, routes))
+            else:
+                self.stats.unrouted += 1
+        if not routed:
+            self.stats.skipped_records += 1
+        partition = self.offsets.track(tp, record.offset, len(routed))
+        self.stats.rows += len(routed)
+        for change, routes in routed:
+            await self.dispatcher.submit(
+                change.key, partial(self._process, partition, change, routes, value), group=tp
+            )
+
+    async def _process(
+        self,
+        partition: PartitionOffsets,
+        change: Change,
+        routes: tuple[Route, ...],
+        value: bytes | None,
+    ) -> None:
+        await self.runner.run(change, routes, value)
+        partition.row_done(change.offset)
+        self.stats.rows_done += 1
+
+    # -- committing --------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            await self.commit()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit, per partition, the offset below which every row is done."""
+        async with self._commit_lock:
+            offsets = self.offsets.commit_map()
+            if only is not None:
+                offsets = {tp: o for tp, o in offsets.items() if tp in only}
+            if not offsets:
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:
+                # A rebalance or a broker restart: the next commit carries the same offsets.
+                log.warning("commit of %s failed, will retry: %r", _fmt(offsets), exc)
+                return
+            self.offsets.mark_committed(offsets)
+            self.stats.commits += 1
+            log.debug("committed %s", _fmt(offsets))
+
+    # -- rebalance ---------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Faust's order: stop feeding them, drain their in-flight rows, commit, forget."""
+        self._assigned -= revoked
+        for tp in revoked:
+            if not await self.dispatcher.drain(tp, timeout=self.drain_timeout):
+                log.warning("%s revoked with rows still in flight after %.0fs; their offsets "
+                            "stay uncommitted", tp, self.drain_timeout)
+        await self.commit(only=revoked)
+        self.offsets.forget(revoked)
+        if revoked:
+            log.info("partitions revoked: %s", _fmt_tps(revoked))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned |= assigned
+        if assigned:
+            log.info("partitions assigned: %s", _fmt_tps(assigned))
+
+    def lag(self) -> dict[str, int]:
+        """Records not yet committed per assigned partition (highwater - committed)."""
+        lag: dict[str, int] = {}
+        for tp in sorted(self._assigned):
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            committed = self.offsets.partition(tp).committed
+            if committed is None:
+                continue  # nothing committed by this process yet
+            lag[f"{tp.topic}/{tp.partition}"] = max(0, highwater - committed)
+        return lag
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.pipeline.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.pipeline.on_assigned(set(assigned))
+
+
+def _fmt(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(offsets.items()))
+
+
+def _fmt_tps(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(tps))

@@ -1,0 +1,236 @@
+"""Which handlers a change reaches: `@on("db.table")` registrations and their lookup.
+
+The decorator returns the function unchanged, so a handler stays a plain coroutine a test can
+await. Lookups are memoised per (database, table, type) because they run once per row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from esupdater.change import ROW_TYPES, Change
+from esupdater.errors import EsupdaterError
+
+#: A handler: `async def handler(change, ctx)`; ctx is the Context (kept `Any` to avoid a cycle).
+Handler = Callable[[Change, Any], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+
+#: Canal's DDL event types; they reach only handlers that list them (or "DDL").
+DDL_TYPES = frozenset(
+    {"ALTER", "CREATE", "ERASE", "TRUNCATE", "RENAME", "CINDEX", "DINDEX", "QUERY"}
+)
+#: Shorthand in `types=` for every DDL type.
+DDL_WILDCARD = "DDL"
+DEFAULT_TYPES = ROW_TYPES
+KNOWN_TYPES = ROW_TYPES | DDL_TYPES
+
+
+class RouteError(EsupdaterError):
+    """A registration is wrong (pattern, types or handler); raised at import time."""
+
+
+class HandlerImportError(EsupdaterError):
+    """A handler module could not be imported; names the module and carries the cause."""
+
+    def __init__(self, message: str, module: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+def handler_name(fn: object) -> str:
+    """`module:qualname`, how errors and `esupdater check` name a handler."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}:{qualname}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One registration: a `database.table` glob, the event types it wants, and the handler."""
+
+    pattern: str
+    types: frozenset[str]
+    handler: Handler
+    _database: re.Pattern[str]
+    _table: re.Pattern[str]
+
+    @property
+    def name(self) -> str:
+        return handler_name(self.handler)
+
+    def matches(self, database: str, table: str, type: str) -> bool:
+        return (
+            type in self.types
+            and self._database.match(database) is not None
+            and self._table.match(table) is not None
+        )
+
+
+def _compile(glob: str) -> re.Pattern[str]:
+    # fnmatch.translate anchors the end; re.match anchors the start. Case-sensitive on purpose:
+    # MySQL table names are case-sensitive on Linux.
+    return re.compile(fnmatch.translate(glob))
+
+
+def _check_types(types: Iterable[str] | None, where: str) -> frozenset[str]:
+    if types is None:
+        return DEFAULT_TYPES
+    if isinstance(types, str):
+        raise RouteError(f"{where}: types must be a set of names, e.g. types={{{types!r}}}")
+    wanted: set[str] = set()
+    for name in types:
+        upper = name.upper()
+        if upper == DDL_WILDCARD:
+            wanted |= DDL_TYPES
+        elif upper in KNOWN_TYPES:
+            wanted.add(upper)
+        else:
+            known = ", ".join(sorted(KNOWN_TYPES | {DDL_WILDCARD}))
+            raise RouteError(f"{where}: unknown change type {name!r}; known: {known}")
+    if not wanted:
+        raise RouteError(f"{where}: types is empty, so the handler would never run")
+    return frozenset(wanted)
+
+
+def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = None) -> Route:
+    """Validate one registration; every error names the pattern and the handler."""
+    where = f"@on({pattern!r}) on {handler_name(handler)}"
+    if not inspect.iscoroutinefunction(handler):
+        raise RouteError(f"{where}: a handler must be an `async def` function")
+    parts = pattern.split(".") if isinstance(pattern, str) else []
+    if len(parts) != 2 or not all(parts):
+        raise RouteError(
+            f"{where}: pattern must be 'database.table' with exactly one '.', "
+            "globs allowed (e.g. 'shop.order_*')"
+        )
+    return Route(
+        pattern, _check_types(types, where), handler, _compile(parts[0]), _compile(parts[1])
+    )
+
+
+class Registry:
+    """Routes in registration order, with a memoised lookup per (database, table, type)."""
+
+    def __init__(self) -> None:
+        self._routes: list[Route] = []
+        self._cache: dict[tuple[str, str, str], tuple[Route, ...]] = {}
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes)
+
+    def add(self, pattern: str, handler: Handler, *, types: Iterable[str] | None = None) -> Route:
+        route = make_route(pattern, handler, types)
+        self._routes.append(route)
+        self._cache.clear()
+        return route
+
+    def on(self, pattern: str, *, types: Iterable[str] | None = None) -> Callable[[H], H]:
+        """Decorator registering into this registry; returns the function unchanged."""
+
+        def register(handler: H) -> H:
+            self.add(pattern, handler, types=types)
+            return handler
+
+        return register
+
+    def handlers_for(self, database: str, table: str, type: str) -> tuple[Route, ...]:
+        """Matching routes in registration order; empty if none (the caller counts those)."""
+        key = (database, table, type)
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(r for r in self._routes if r.matches(database, table, type))
+            self._cache[key] = found
+        return found
+
+    def clear(self) -> None:
+        self._routes.clear()
+        self._cache.clear()
+
+    @contextmanager
+    def active(self) -> Iterator[Registry]:
+        """Make module-level `on` register into this registry for the block."""
+        global _active
+        previous, _active = _active, self
+        try:
+            yield self
+        finally:
+            _active = previous
+
+    @classmethod
+    @contextmanager
+    def scoped(cls) -> Iterator[Registry]:
+        """A fresh registry that module-level `on` uses for the block (for tests)."""
+        with cls().active() as registry:
+            yield registry
+
+
+#: Where `@on` registers unless a `Registry.active()` block says otherwise.
+default_registry = Registry()
+_active = default_registry
+
+
+def on(pattern: str, *, types: Iterable[str] | None = None) -> Callable[[H], H]:
+    """Register an `async def handler(change, ctx)` for `database.table` (globs allowed)."""
+    return _active.on(pattern, types=types)
+
+
+def load_handlers(package: str, registry: Registry | None = None) -> list[str]:
+    """Import `package` and every module under it so their `@on` decorators register.
+
+    Modules already imported are not executed again (Python caches them).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # the handlers live next to settings.toml, not site-packages
+    importlib.invalidate_caches()
+    target = default_registry if registry is None else registry
+    loaded: list[str] = []
+    with target.active():
+        root = _import(package, package, cwd)
+        loaded.append(package)
+        paths = getattr(root, "__path__", None)
+        if paths is not None:
+            _import_tree(list(paths), package + ".", loaded, package, cwd)
+    return loaded
+
+
+def _import_tree(paths: list[str], prefix: str, loaded: list[str], root: str, cwd: str) -> None:
+    # Own recursion rather than pkgutil.walk_packages: walk_packages imports subpackages itself
+    # and reports only ImportError to onerror, so other errors would escape unwrapped.
+    for info in pkgutil.iter_modules(paths, prefix):
+        module = _import(info.name, root, cwd)
+        loaded.append(info.name)
+        sub = getattr(module, "__path__", None)
+        if info.ispkg and sub is not None:
+            _import_tree(list(sub), info.name + ".", loaded, root, cwd)
+
+
+def _import(name: str, root: str, cwd: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if name == root and exc.name is not None and (root + ".").startswith(exc.name + "."):
+            raise HandlerImportError(
+                f"handler package {root!r} not found from {cwd}: create {root}/__init__.py "
+                "there, or point [handlers] package (ESUPDATER_HANDLERS__PACKAGE) at the "
+                "package holding your @on handlers",
+                root,
+            ) from exc
+        raise HandlerImportError(_import_message(name, exc), name) from exc
+    except Exception as exc:
+        raise HandlerImportError(_import_message(name, exc), name) from exc
+
+
+def _import_message(name: str, exc: BaseException) -> str:
+    return f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,131 @@
+"""`esupdater run`: wires settings, clients and the pipeline; owns the process lifecycle.
+
+As in the seed tool: the pidfile and a status file (`start`/`stop`) in the runtime dir, the
+status re-read every `check_status_interval_seconds`. SIGTERM and SIGINT drain the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from contextlib import suppress
+
+from esupdater.backoff import Backoff
+from esupdater.bulk import BulkLimits, BulkWriter
+from esupdater.clients import make_consumer, make_elasticsearch
+from esupdater.consumer import Pipeline
+from esupdater.deadletter import SetAside
+from esupdater.handling import HandlerRunner
+from esupdater.routing import Registry, default_registry, load_handlers
+from esupdater.runtime import PidFile, read_status, write_stats, write_status
+from esupdater.settings import Settings
+from esupdater.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, registry: Registry | None = None) -> None:
+    """Run until stopped (status file, SIGTERM, SIGINT); drain, commit, release the pidfile."""
+    registry = registry or default_registry
+    runtime_dir = settings.runtime.dir
+    with PidFile(runtime_dir):
+        write_status(runtime_dir, "start")
+        if registry is default_registry:
+            load_handlers(settings.handlers.package, registry)
+        if not registry.routes:
+            log.warning("no handlers registered under %r: every change will be skipped",
+                        settings.handlers.package)
+        stop = asyncio.Event()
+        _install_signal_handlers(stop)
+        await _serve(settings, registry, stop)
+        with suppress(FileNotFoundError):
+            (runtime_dir / "esupdater.stats.json").unlink()
+    log.info("stopped")
+
+
+async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) -> None:
+    stats = Stats()
+    backoff = Backoff(settings.bulk.initial_backoff_ms / 1000, settings.bulk.max_backoff_ms / 1000)
+    es = make_elasticsearch(settings.elasticsearch)
+    writer = BulkWriter(
+        es,
+        BulkLimits(
+            chunk_size=settings.bulk.chunk_size,
+            max_chunk_bytes=settings.bulk.max_chunk_bytes,
+            flush_interval=settings.bulk.flush_interval_ms / 1000,
+            max_in_flight=settings.bulk.max_in_flight,
+        ),
+        backoff,
+    )
+    set_aside = SetAside(stats)
+    runner = HandlerRunner(
+        writer, es, stats, set_aside,
+        max_attempts=settings.dead_letter.max_attempts, backoff=backoff,
+    )
+    consumer = make_consumer(settings.kafka)
+    pipeline = Pipeline(
+        consumer, list(settings.kafka.topics), registry, runner, set_aside, stats,
+        max_workers=settings.worker.max_workers,
+        commit_interval=settings.kafka.commit_interval_ms / 1000,
+        drain_timeout=settings.runtime.drain_timeout_seconds,
+        tinyint1_as_bool=settings.worker.tinyint1_as_bool,
+    )
+    await writer.start()
+    watchers: list[asyncio.Task[None]] = []
+    try:
+        await consumer.start()
+        log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
+                 settings.kafka.group_id, settings.kafka.bootstrap_servers)
+        watchers = [
+            asyncio.create_task(_watch_status(settings, stop), name="status-watch"),
+            asyncio.create_task(_report(settings, pipeline, stats, stop), name="stats"),
+        ]
+        await pipeline.run(stop)
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await writer.close()
+        await consumer.stop()
+        await es.close()
+
+
+async def _watch_status(settings: Settings, stop: asyncio.Event) -> None:
+    """The seed's contract: `stop` in the status file ends the process gracefully."""
+    while not stop.is_set():
+        await asyncio.sleep(settings.runtime.check_status_interval_seconds)
+        if read_status(settings.runtime.dir) == "stop":
+            log.info("status file says stop: draining")
+            stop.set()
+
+
+async def _report(
+    settings: Settings, pipeline: Pipeline, stats: Stats, stop: asyncio.Event
+) -> None:
+    """Writes the stats file `esupdater status` reads: pid, uptime, rows/s, lag, errors."""
+    while not stop.is_set():
+        await asyncio.sleep(settings.runtime.stats_interval_seconds)
+        snapshot = stats.snapshot()
+        snapshot.update(
+            pid=os.getpid(),
+            updated_at=time.time(),
+            rows_per_second=round(stats.rate(), 1),
+            in_flight=pipeline.dispatcher.in_flight,
+            lag=pipeline.lag(),
+            group_id=settings.kafka.group_id,
+        )
+        write_stats(settings.runtime.dir, snapshot)
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    log.info("%s received: draining", sig.name)
+    stop.set()
