@@ -35,7 +35,7 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/mypy --strict src/esupdater
 
 proto: install  ## regenerate the Canal protobuf module and its typed stub
-	cd src/esupdater/canal && ../../../$(BIN)/python -m grpc_tools.protoc -I. \
+	cd src/esupdater/canal && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
 	  --python_out=. --mypy_out=. canal.proto
 
 clean:

@@ -160,5 +160,34 @@ def check(settings: SettingsOption = None) -> None:
         raise typer.Exit(EXIT_CONFIG)
 
 
+@app.command()
+def redrive(
+    settings: SettingsOption = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Redrive at most N dead-lettered records.")
+    ] = None,
+) -> None:
+    """Feed dead-lettered records through the handlers again (after a fix); report the outcome.
+
+    Exit 0 when everything applied, 1 when some failed again (they are dead-lettered anew).
+    """
+    from esupdater.redrive import redrive as run_redrive
+
+    config = _settings(settings)
+    setup_logging(config.log.level, config.log.format)
+    try:
+        load_handlers(config.handlers.package, default_registry)
+        report = uvloop.run(run_redrive(config, default_registry, limit))
+    except EsupdaterError as exc:
+        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    out.print(f"redrive: {report.records} record(s): {report.applied} applied, "
+              f"{report.failed_again} failed again")
+    for where in report.failures:
+        out.print(f"  failed again: {where} (dead-lettered anew)")
+    if report.failed_again:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -11,11 +11,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from esupdater.backoff import Backoff
 from esupdater.canal import CanalDecodeError, decode_record
 from esupdater.change import Change, Position
 from esupdater.deadletter import Failure, SetAside
 from esupdater.dispatch import KeyedDispatcher
-from esupdater.handling import HandlerRunner
+from esupdater.handling import HandlerRunner, error_class
 from esupdater.offsets import OffsetTracker, PartitionOffsets
 from esupdater.routing import Registry, Route
 from esupdater.stats import Stats
@@ -45,6 +46,7 @@ class Pipeline:
         max_workers: int,
         commit_interval: float,
         drain_timeout: float,
+        backoff: Backoff,
         tinyint1_as_bool: bool = False,
     ) -> None:
         self.consumer = consumer
@@ -60,6 +62,8 @@ class Pipeline:
         self.tinyint1_as_bool = tinyint1_as_bool
         self._assigned: set[TopicPartition] = set()
         self._commit_lock = asyncio.Lock()
+        self._held: dict[TopicPartition, int] = {}  # blocked rows per partition
+        self.backoff = backoff
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,9 +114,12 @@ class Pipeline:
             changes = decode_record(value, position, tinyint1_as_bool=self.tinyint1_as_bool)
         except CanalDecodeError as exc:
             self.stats.decode_errors += 1
-            self.offsets.track(tp, record.offset, 0)
-            await self.set_aside.put(
-                value, Failure(position, str(exc), f"{type(exc).__module__}.{type(exc).__name__}")
+            failure = Failure(position, exc.reason, error_class(exc))
+            partition = self.offsets.track(tp, record.offset, 1)
+            await self.dispatcher.submit(
+                ("", "", str(position)),
+                partial(self._undecodable, partition, failure, value),
+                group=tp,
             )
             return
         routed: list[tuple[Change, tuple[Route, ...]]] = []
@@ -141,6 +148,43 @@ class Pipeline:
         await self.runner.run(change, routes, value)
         partition.row_done(change.offset)
         self.stats.rows_done += 1
+
+    async def _undecodable(
+        self, partition: PartitionOffsets, failure: Failure, value: bytes | None
+    ) -> None:
+        """Set a record aside that is not Canal; in block mode hold its partition for good."""
+        if not self.set_aside.blocks:
+            await self.set_aside.put(value, failure)
+            partition.row_done(failure.position.offset)
+            return
+        self.hold(failure.position)
+        attempt = 0
+        while True:  # until a restart with a dead-letter topic or on_failure = "skip"
+            log.error("BLOCKED %s: partition held; set [dead_letter] topic or "
+                      'on_failure = "skip" and restart', failure.describe())
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    # -- holding partitions (block mode) -----------------------------------------------------
+
+    def hold(self, position: Position) -> None:
+        """Stop fetching a partition whose row is blocked; its commit cannot pass it anyway."""
+        tp = TopicPartition(position.topic, position.partition)
+        self._held[tp] = self._held.get(tp, 0) + 1
+        if self._held[tp] == 1 and tp in self._assigned:
+            self.consumer.pause(tp)
+            log.warning("paused %s/%d: a row is blocked", tp.topic, tp.partition)
+
+    def release(self, position: Position) -> None:
+        tp = TopicPartition(position.topic, position.partition)
+        left = self._held.get(tp, 0) - 1
+        if left > 0:
+            self._held[tp] = left
+            return
+        self._held.pop(tp, None)
+        if tp in self._assigned:
+            self.consumer.resume(tp)
+            log.info("resumed %s/%d", tp.topic, tp.partition)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -173,16 +217,26 @@ class Pipeline:
         """Faust's order: stop feeding them, drain their in-flight rows, commit, forget."""
         self._assigned -= revoked
         for tp in revoked:
-            if not await self.dispatcher.drain(tp, timeout=self.drain_timeout):
-                log.warning("%s revoked with rows still in flight after %.0fs; their offsets "
-                            "stay uncommitted", tp, self.drain_timeout)
+            # A held partition is blocked for good: no point waiting for it.
+            timeout = 0.0 if tp in self._held else self.drain_timeout
+            if not await self.dispatcher.drain(tp, timeout=timeout):
+                # The new owner replays them; cancel so we cannot write after it does.
+                cancelled = self.dispatcher.cancel_group(tp)
+                log.warning("%s/%d revoked with %d row(s) unfinished: cancelled, left "
+                            "uncommitted", tp.topic, tp.partition, cancelled)
+                await self.dispatcher.drain(tp, timeout=self.drain_timeout)
         await self.commit(only=revoked)
         self.offsets.forget(revoked)
+        for tp in revoked:
+            self._held.pop(tp, None)
         if revoked:
             log.info("partitions revoked: %s", _fmt_tps(revoked))
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assigned |= assigned
+        held_again = [tp for tp in assigned if tp in self._held]
+        if held_again:
+            self.consumer.pause(*held_again)  # a rebalance resumes everything: pause again
         if assigned:
             log.info("partitions assigned: %s", _fmt_tps(assigned))
 

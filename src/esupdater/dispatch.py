@@ -40,7 +40,7 @@ class KeyedDispatcher:
         self._queue: deque[asyncio.Future[None]] = deque()  # submitters waiting for a slot
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs: the loop keeps only weak ones
         self._tails: dict[Hashable, asyncio.Task[None]] = {}  # last admitted job per key
-        self._groups: dict[Hashable, int] = {}  # jobs in flight per group
+        self._groups: dict[Hashable, set[asyncio.Task[None]]] = {}  # jobs in flight per group
         self._drainers: dict[Hashable | None, list[asyncio.Future[None]]] = {}
         # A job cancelled before its first step never waited for its predecessor; its
         # successors wait for that predecessor instead (rare: only after a cancel).
@@ -53,7 +53,7 @@ class KeyedDispatcher:
         return len(self._tasks)
 
     def in_flight_for(self, group: Hashable) -> int:
-        return self._groups.get(group, 0)
+        return len(self._groups.get(group, ()))
 
     @property
     def keys_in_flight(self) -> int:
@@ -75,7 +75,10 @@ class KeyedDispatcher:
         self._tails[key] = task
         self._tasks.add(task)
         if group is not None:
-            self._groups[group] = self._groups.get(group, 0) + 1
+            members = self._groups.get(group)
+            if members is None:
+                members = self._groups[group] = set()
+            members.add(task)
         task.add_done_callback(partial(self._finished, key, group, previous))
         return task
 
@@ -160,10 +163,9 @@ class KeyedDispatcher:
         if not task.cancelled():
             task.exception()  # marks it retrieved; the caller's future still carries it
         if group is not None:
-            left = self._groups[group] - 1
-            if left:
-                self._groups[group] = left
-            else:
+            members = self._groups[group]
+            members.discard(task)
+            if not members:
                 del self._groups[group]
                 self._wake_drainers(group)
         if not self._tasks:
@@ -186,7 +188,7 @@ class KeyedDispatcher:
 
         Jobs submitted meanwhile count too, so stop submitting to the group first.
         """
-        busy = self._groups.get(group, 0) if group is not None else len(self._tasks)
+        busy = len(self._groups.get(group, ())) if group is not None else len(self._tasks)
         if not busy:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -200,6 +202,13 @@ class KeyedDispatcher:
                 if not waiting:
                     del self._drainers[group]
         return waiter.done()
+
+    def cancel_group(self, group: Hashable) -> int:
+        """Cancel the unfinished jobs of one group (a revoked partition); returns how many."""
+        pending = [task for task in self._groups.get(group, ()) if not task.done()]
+        for task in pending:
+            task.cancel()
+        return len(pending)
 
     def cancel_all(self) -> int:
         """Cancel every unfinished job (when the drain timeout has passed); returns how many."""

@@ -14,3 +14,7 @@ class BulkItemError(EsupdaterError):
         self.doc_id = doc_id
         self.status = status
         self.reason = reason
+
+
+class ConfigError(EsupdaterError):
+    """Configuration esupdater cannot work with; the message says what and where."""

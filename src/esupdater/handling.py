@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from elasticsearch import AsyncElasticsearch
+from elasticsearch import ConnectionError as EsConnectionError
+from elasticsearch import ConnectionTimeout as EsConnectionTimeout
+from elasticsearch.exceptions import ApiError
 
 from esupdater.backoff import Backoff
-from esupdater.bulk import BulkSink
-from esupdater.change import Change
+from esupdater.bulk import TRANSIENT_STATUSES, BulkSink
+from esupdater.change import Change, Position
 from esupdater.context import Context
 from esupdater.deadletter import Failure, SetAside
 from esupdater.errors import BulkItemError
@@ -19,13 +23,33 @@ from esupdater.stats import Stats
 log = logging.getLogger(__name__)
 
 
+class PartitionGate(Protocol):
+    """Holds a partition while one of its rows is blocked (on_failure = "block")."""
+
+    def hold(self, position: Position) -> None: ...
+
+    def release(self, position: Position) -> None: ...
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures that fix themselves: Elasticsearch busy, restarting, or out of reach."""
+    if isinstance(exc, EsConnectionError | EsConnectionTimeout | TimeoutError):
+        return True
+    return isinstance(exc, ApiError) and exc.status_code in TRANSIENT_STATUSES
+
+
+def error_class(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
 class HandlerRunner:
     """Runs every matching handler of a change, one after another, in registration order.
 
-    A handler that raises is retried (with backoff) up to `max_attempts` in all; a document
-    Elasticsearch refuses for good is not retried. Either way the row is set aside with its
-    reason and the stream goes on. Transient Elasticsearch failures never reach this level:
-    the bulk writer retries them until they succeed.
+    A handler that raises is retried with backoff up to `max_attempts` in all; a document
+    Elasticsearch refuses for good is not retried. Then the row is set aside (dead-letter
+    topic or skip) and the stream goes on, or, in block mode, its partition is held and the
+    handler retried until it succeeds. Transient failures (Elasticsearch down or busy) are
+    retried for as long as they last and never count as attempts.
     """
 
     def __init__(
@@ -37,6 +61,7 @@ class HandlerRunner:
         *,
         max_attempts: int,
         backoff: Backoff,
+        gate: PartitionGate | None = None,
     ) -> None:
         self.sink = sink
         self.es = es
@@ -44,6 +69,7 @@ class HandlerRunner:
         self.set_aside = set_aside
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.gate = gate
 
     async def run(self, change: Change, routes: tuple[Route, ...], value: bytes | None) -> None:
         for route in routes:
@@ -51,39 +77,62 @@ class HandlerRunner:
 
     async def _run_one(self, change: Change, route: Route, value: bytes | None) -> None:
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await route.handler(change, Context(self.sink, self.es, change))
-                return
-            except asyncio.CancelledError:
-                raise
-            except BulkItemError as exc:
-                self.stats.rejected += 1
-                await self._give_up(change, route, value, exc, attempt)
-                return
-            except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
-                if attempt >= self.max_attempts:
-                    self.stats.handler_errors += 1
-                    await self._give_up(change, route, value, exc, attempt)
+        failure: Failure | None = None
+        held = False
+        try:
+            while True:
+                attempt += 1
+                try:
+                    await route.handler(change, Context(self.sink, self.es, change))
                     return
-                self.stats.handler_retries += 1
-                delay = self.backoff.delay(attempt - 1)
-                log.warning(
-                    "%s failed on %s (attempt %d of %d), retrying in %.1fs: %s: %s",
-                    route.name, change.position, attempt, self.max_attempts, delay,
-                    type(exc).__name__, exc,
-                )
-                await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
+                    if is_transient(exc):
+                        attempt -= 1  # not the handler's fault: does not use up attempts
+                        await self._pause(change, route, exc, "transient", attempt)
+                        continue
+                    permanent = isinstance(exc, BulkItemError)
+                    if not permanent and attempt < self.max_attempts:
+                        self.stats.handler_retries += 1
+                        await self._pause(change, route, exc, "retrying", attempt)
+                        continue
+                    if failure is None:
+                        failure = self._failure(change, route, exc, attempt)
+                        if permanent:
+                            self.stats.rejected += 1
+                        else:
+                            self.stats.handler_errors += 1
+                    if not self.set_aside.blocks:
+                        await self.set_aside.put(value, failure)
+                        return
+                    if not held and self.gate is not None:
+                        self.gate.hold(change.position)
+                        held = True
+                    log.error("BLOCKED %s: partition held until this is fixed "
+                              "(set [dead_letter] topic or on_failure = \"skip\")",
+                              self._failure(change, route, exc, attempt).describe())
+                    await asyncio.sleep(self.backoff.delay(attempt))
+        finally:
+            if held and self.gate is not None:
+                self.gate.release(change.position)
 
-    async def _give_up(
-        self, change: Change, route: Route, value: bytes | None, exc: Exception, attempts: int
+    async def _pause(
+        self, change: Change, route: Route, exc: Exception, why: str, attempt: int
     ) -> None:
-        failure = Failure(
+        delay = self.backoff.delay(attempt)
+        log.warning("%s on %s row %d (%s, attempt %d of %d), again in %.1fs: %s: %s",
+                    route.name, change.position, change.row_index, why, attempt,
+                    self.max_attempts, delay, type(exc).__name__, exc)
+        await asyncio.sleep(delay)
+
+    @staticmethod
+    def _failure(change: Change, route: Route, exc: Exception, attempts: int) -> Failure:
+        return Failure(
             position=change.position,
             reason=f"{type(exc).__name__}: {exc}",
-            error_class=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            error_class=error_class(exc),
             handler=route.name,
+            row_index=change.row_index,
             attempts=attempts,
         )
-        await self.set_aside.put(value, failure)

@@ -13,11 +13,14 @@ import signal
 import time
 from contextlib import suppress
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
-from esupdater.clients import make_consumer, make_elasticsearch
+from esupdater.clients import make_consumer, make_elasticsearch, make_producer
 from esupdater.consumer import Pipeline
-from esupdater.deadletter import SetAside
+from esupdater.deadletter import BlockOnFailure, DeadLetterTopic, SetAside
+from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner
 from esupdater.routing import Registry, default_registry, load_handlers
 from esupdater.runtime import PidFile, read_status, write_stats, write_status
@@ -60,7 +63,8 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         ),
         backoff,
     )
-    set_aside = SetAside(stats)
+    producer = make_producer(settings.kafka) if settings.dead_letter.topic else None
+    set_aside = _set_aside(settings, stats, producer, backoff)
     runner = HandlerRunner(
         writer, es, stats, set_aside,
         max_attempts=settings.dead_letter.max_attempts, backoff=backoff,
@@ -71,12 +75,17 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         max_workers=settings.worker.max_workers,
         commit_interval=settings.kafka.commit_interval_ms / 1000,
         drain_timeout=settings.runtime.drain_timeout_seconds,
+        backoff=backoff,
         tinyint1_as_bool=settings.worker.tinyint1_as_bool,
     )
+    runner.gate = pipeline
     await writer.start()
     watchers: list[asyncio.Task[None]] = []
     try:
+        if producer is not None:
+            await producer.start()
         await consumer.start()
+        await _check_topics(settings, consumer)
         log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
         watchers = [
@@ -90,7 +99,31 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         await asyncio.gather(*watchers, return_exceptions=True)
         await writer.close()
         await consumer.stop()
+        if producer is not None:
+            await producer.stop()
         await es.close()
+
+
+async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:
+    existing = await consumer.topics()
+    topic = settings.dead_letter.topic
+    if topic and topic not in existing:
+        raise ConfigError(
+            f"dead_letter.topic {topic!r} does not exist in Kafka at "
+            f"{settings.kafka.bootstrap_servers}: create it, or unset it"
+        )
+    for missing in sorted(set(settings.kafka.topics) - existing):
+        log.warning("topic %r does not exist yet: waiting for it", missing)
+
+
+def _set_aside(
+    settings: Settings, stats: Stats, producer: AIOKafkaProducer | None, backoff: Backoff
+) -> SetAside:
+    if producer is not None and settings.dead_letter.topic:
+        return DeadLetterTopic(stats, producer, settings.dead_letter.topic, backoff)
+    if settings.dead_letter.on_failure == "block":
+        return BlockOnFailure(stats)
+    return SetAside(stats)
 
 
 async def _watch_status(settings: Settings, stop: asyncio.Event) -> None:

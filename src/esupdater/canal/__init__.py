@@ -13,8 +13,8 @@ from esupdater.canal.build import (
     protobuf_packet,
     protobuf_row_entry,
     protobuf_transaction_entry,
-    sql_type_for,
 )
+from esupdater.canal.columns import sql_type_for
 from esupdater.canal.decode import decode_record
 from esupdater.canal.errors import CanalDecodeError
 
