@@ -25,9 +25,12 @@ class Position:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change:
-    """ONE row change (or one DDL statement) from the binlog.
+    """ONE row change (or one DDL statement) from the binlog. Treat it as read-only.
+
+    Not a frozen dataclass on purpose: one is built per row on the hot path, and a frozen
+    __init__ costs several times more.
 
     `row` is the after-image (the before-image for DELETE), typed from Canal's mysqlType;
     `old` holds the previous values of the changed columns (UPDATE only); `raw` keeps

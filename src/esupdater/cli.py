@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esupdater import __version__
-from esupdater.errors import EsupdaterError
+from esupdater.errors import ConfigError, EsupdaterError
 from esupdater.logs import setup_logging
 from esupdater.routing import default_registry, load_handlers
 from esupdater.runtime import read_running_pid, read_stats, wait_for_stop
@@ -73,7 +73,10 @@ def run(settings: SettingsOption = None) -> None:
     setup_logging(config.log.level, config.log.format)
     try:
         uvloop.run(serve(config))
-    except EsupdaterError as exc:
+    except ConfigError as exc:
+        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except EsupdaterError as exc:  # already running
         err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from None
 

@@ -59,6 +59,8 @@ class Pipeline:
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
+        # aiokafka retries a commit while the broker is away; we would rather retry later.
+        self.commit_timeout = max(drain_timeout, 5.0)
         self.tinyint1_as_bool = tinyint1_as_bool
         self._assigned: set[TopicPartition] = set()
         self._commit_lock = asyncio.Lock()
@@ -202,8 +204,8 @@ class Pipeline:
             if not offsets:
                 return
             try:
-                await self.consumer.commit(offsets)
-            except KafkaError as exc:
+                await asyncio.wait_for(self.consumer.commit(offsets), self.commit_timeout)
+            except (KafkaError, TimeoutError) as exc:
                 # A rebalance or a broker restart: the next commit carries the same offsets.
                 log.warning("commit of %s failed, will retry: %r", _fmt(offsets), exc)
                 return

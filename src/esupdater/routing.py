@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from esupdater.change import ROW_TYPES, Change
-from esupdater.errors import EsupdaterError
+from esupdater.errors import ConfigError
 
 #: A handler: `async def handler(change, ctx)`; ctx is the Context (kept `Any` to avoid a cycle).
 Handler = Callable[[Change, Any], Awaitable[None]]
@@ -35,11 +35,11 @@ DEFAULT_TYPES = ROW_TYPES
 KNOWN_TYPES = ROW_TYPES | DDL_TYPES
 
 
-class RouteError(EsupdaterError):
+class RouteError(ConfigError):
     """A registration is wrong (pattern, types or handler); raised at import time."""
 
 
-class HandlerImportError(EsupdaterError):
+class HandlerImportError(ConfigError):
     """A handler module could not be imported; names the module and carries the cause."""
 
     def __init__(self, message: str, module: str) -> None:

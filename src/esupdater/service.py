@@ -11,9 +11,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
@@ -22,6 +24,7 @@ from esupdater.consumer import Pipeline
 from esupdater.deadletter import BlockOnFailure, DeadLetterTopic, SetAside
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner
+from esupdater.metrics import serve_metrics
 from esupdater.routing import Registry, default_registry, load_handlers
 from esupdater.runtime import PidFile, read_status, write_stats, write_status
 from esupdater.settings import Settings
@@ -83,9 +86,13 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
     watchers: list[asyncio.Task[None]] = []
     try:
         if producer is not None:
-            await producer.start()
-        await consumer.start()
+            await _start_retrying(producer.start, "Kafka producer", backoff, stop)
+        await _start_retrying(consumer.start, "Kafka consumer", backoff, stop)
+        if stop.is_set():
+            return
         await _check_topics(settings, consumer)
+        if settings.metrics.port:
+            serve_metrics(settings.metrics.host, settings.metrics.port, stats)
         log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
         watchers = [
@@ -102,6 +109,23 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         if producer is not None:
             await producer.stop()
         await es.close()
+
+
+async def _start_retrying(
+    start: Callable[[], Awaitable[None]], what: str, backoff: Backoff, stop: asyncio.Event
+) -> None:
+    """Kafka being down at start-up is transient too: wait for it, stoppable meanwhile."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await start()
+            return
+        except KafkaError as exc:
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.warning("%s cannot start (%r); retrying in %.1fs", what, exc, delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
 
 
 async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:
@@ -141,13 +165,13 @@ async def _report(
     """Writes the stats file `esupdater status` reads: pid, uptime, rows/s, lag, errors."""
     while not stop.is_set():
         await asyncio.sleep(settings.runtime.stats_interval_seconds)
+        stats.lag = pipeline.lag()
+        stats.in_flight = pipeline.dispatcher.in_flight
         snapshot = stats.snapshot()
         snapshot.update(
             pid=os.getpid(),
             updated_at=time.time(),
             rows_per_second=round(stats.rate(), 1),
-            in_flight=pipeline.dispatcher.in_flight,
-            lag=pipeline.lag(),
             group_id=settings.kafka.group_id,
         )
         write_stats(settings.runtime.dir, snapshot)

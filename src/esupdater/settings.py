@@ -34,7 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from esupdater.errors import EsupdaterError
+from esupdater.errors import ConfigError
 
 DEFAULT_PATH = Path("settings.toml")
 ENV_PREFIX = "ESUPDATER_"
@@ -47,7 +47,7 @@ REDACTED = "***"
 _toml_path: ContextVar[Path] = ContextVar("esupdater_settings_path", default=DEFAULT_PATH)
 
 
-class SettingsError(EsupdaterError):
+class SettingsError(ConfigError):
     """The settings file or environment holds something we cannot run with."""
 
 
@@ -197,6 +197,13 @@ class DeadLetterSettings(_Section):
     on_failure: Literal["block", "skip"] = "block"
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics over HTTP (counters, lag, in-flight rows)."""
+
+    port: int = Field(default=0, ge=0, le=65_535)
+    host: str = Field(default="127.0.0.1", min_length=1)
+
+
 class LogSettings(_Section):
     """Logging output."""
 
@@ -242,6 +249,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     handlers: HandlersSettings = HandlersSettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

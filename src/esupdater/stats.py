@@ -23,6 +23,9 @@ class Stats:
     rejected: int = 0
     dead_lettered: int = 0
     commits: int = 0
+    # Gauges, refreshed by the service's reporter every stats interval.
+    lag: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
     _last_time: float = field(default_factory=time.monotonic, repr=False)
     _last_rows: int = field(default=0, repr=False)
 
