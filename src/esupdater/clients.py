@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 from elastic_transport import OrjsonSerializer
 from elasticsearch import AsyncElasticsearch
@@ -32,9 +33,9 @@ def _kafka_common(kafka: KafkaSettings) -> dict[str, Any]:
 
 def make_consumer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaConsumer:
     """A group consumer with manual commits: offsets move only after acknowledgement."""
+    options: dict[str, Any] = {"group_id": kafka.group_id, **extra}
     return AIOKafkaConsumer(
         **_kafka_common(kafka),
-        group_id=kafka.group_id,
         enable_auto_commit=False,
         auto_offset_reset=kafka.auto_offset_reset,
         fetch_max_bytes=kafka.fetch_max_bytes,
@@ -43,7 +44,7 @@ def make_consumer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaConsumer:
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
-        **extra,
+        **options,
     )
 
 
@@ -52,6 +53,21 @@ def make_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **_kafka_common(kafka), acks="all", enable_idempotence=True, **extra
     )
+
+
+async def topic_partitions(kafka: KafkaSettings, topics: list[str]) -> dict[str, list[int]]:
+    """Partitions of each existing topic (a missing topic is left out)."""
+    admin = AIOKafkaAdminClient(**_kafka_common(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {
+        entry["topic"]: sorted(p["partition"] for p in entry["partitions"])
+        for entry in described
+        if entry["error_code"] == 0
+    }
 
 
 def make_elasticsearch(es: ElasticsearchSettings, *, orjson: bool = True) -> AsyncElasticsearch:

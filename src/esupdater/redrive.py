@@ -20,7 +20,7 @@ from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.canal import CanalDecodeError, decode_record
 from esupdater.change import Position
-from esupdater.clients import make_consumer, make_elasticsearch, make_producer
+from esupdater.clients import make_consumer, make_elasticsearch, make_producer, topic_partitions
 from esupdater.deadletter import (
     H_ATTEMPTS,
     H_HANDLER,
@@ -74,11 +74,13 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
     runner = HandlerRunner(writer, es, stats, dead_letters,
                            max_attempts=settings.dead_letter.max_attempts, backoff=backoff)
     await writer.start()
-    await producer.start()
-    await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        await producer.start()
+        await consumer.start()
+        partitions = (await topic_partitions(settings.kafka, [topic])).get(topic)
+        if partitions is None:
+            raise ConfigError(f"dead-letter topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await _consume(consumer, ends, runner, registry, stats, report, limit, settings)
@@ -88,12 +90,6 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
         await producer.stop()
         await es.close()
     return report
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    if topic not in await consumer.topics():
-        raise ConfigError(f"dead-letter topic {topic!r} does not exist")
-    return consumer.partitions_for_topic(topic) or set()
 
 
 async def _consume(
