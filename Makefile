@@ -38,5 +38,8 @@ proto: install  ## regenerate the Canal protobuf module and its typed stub
 	cd src/esupdater/canal && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
 	  --python_out=. --mypy_out=. canal.proto
 
+soak: install up  ## 1,000,000 Canal rows through one process; verifies the index, reports peak RSS
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
