@@ -34,9 +34,15 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy --strict src/esupdater
 
+demo: install up  ## see it work: a shop's binlog through Kafka and esupdater into Elasticsearch, verified
+	$(BIN)/python stack/demo.py
+
 proto: install  ## regenerate the Canal protobuf module and its typed stub
 	cd src/esupdater/canal && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
 	  --python_out=. --mypy_out=. canal.proto
+
+bench: install up  ## throughput vs ceilings and the seed's shape, latency, RSS -> bench/results.json
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 soak: install up  ## 1,000,000 Canal rows through one process; verifies the index, reports peak RSS
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

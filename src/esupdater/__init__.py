@@ -11,6 +11,7 @@ from esupdater.change import Change, Position
 from esupdater.context import Context
 from esupdater.errors import BulkItemError, EsupdaterError
 from esupdater.routing import Registry, on
+from esupdater.testing import MemorySink, apply, changes_from_canal, make_change
 
 __version__ = "0.1.0"
 
@@ -19,8 +20,12 @@ __all__ = [
     "Change",
     "Context",
     "EsupdaterError",
+    "MemorySink",
     "Position",
     "Registry",
     "__version__",
+    "apply",
+    "changes_from_canal",
+    "make_change",
     "on",
 ]

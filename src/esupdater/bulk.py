@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from elastic_transport import SerializationError
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_streaming_bulk
+from elasticsearch.helpers import async_streaming_bulk, expand_action
 
 from esupdater.backoff import Backoff
 from esupdater.errors import BulkItemError
@@ -46,9 +47,10 @@ class BulkLimits:
 class _TransientFailure(Exception):
     """One attempt failed in a way that may succeed later (429, 5xx, connection)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, at_once: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.at_once = at_once  # innocent bystander of another item's failure: no backoff
 
 
 _Item = tuple[Action, "asyncio.Future[dict[str, Any]]"]
@@ -59,11 +61,19 @@ class BulkWriter:
     """Batches actions from all tasks into bulk requests; resolves each caller's future."""
 
     def __init__(
-        self, es: AsyncElasticsearch, limits: BulkLimits, backoff: Backoff
+        self,
+        es: AsyncElasticsearch,
+        limits: BulkLimits,
+        backoff: Backoff,
+        *,
+        quiet_retries: int = 8,
     ) -> None:
         self.es = es
         self.limits = limits
         self.backoff = backoff
+        # Retries of one item logged as warnings; past that, each one is an error: the
+        # index is falling behind. Retries themselves never stop (nothing is dropped).
+        self.quiet_retries = quiet_retries
         self._lanes: list[asyncio.Queue[_Item | None]] = [
             asyncio.Queue() for _ in range(limits.max_in_flight)
         ]
@@ -95,11 +105,14 @@ class BulkWriter:
             try:
                 return await self._attempt(action)
             except _TransientFailure as failure:
+                if failure.at_once:
+                    continue
                 self.transient_failures += 1
                 delay = self.backoff.delay(attempt)
                 attempt += 1
-                log.warning(
-                    "Elasticsearch %s, retrying %s/%s (attempt %d) in %.1fs",
+                level = logging.WARNING if attempt <= self.quiet_retries else logging.ERROR
+                log.log(
+                    level, "Elasticsearch %s, retrying %s/%s (attempt %d) in %.1fs",
                     failure.reason, action.get("_index"), action.get("_id"), attempt, delay,
                 )
                 await asyncio.sleep(delay)
@@ -154,11 +167,30 @@ class BulkWriter:
                 done += 1
                 if not future.done():
                     _resolve(future, action, ok, info)
+        except SerializationError:
+            self._fail_unserializable(batch[done:])
         except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
             reason = f"request failed ({type(exc).__name__}: {exc})"
             for _, future in batch[done:]:
                 if not future.done():
                     future.set_exception(_TransientFailure(reason))
+
+    def _fail_unserializable(self, batch: list[_Item]) -> None:
+        """Refuse the actions that cannot be JSON for good; send the others again at once."""
+        serializer = self.es.transport.serializers.get_serializer("application/json")
+        for action, future in batch:
+            if future.done():
+                continue
+            try:
+                for part in expand_action(action):
+                    if part is not None:
+                        serializer.dumps(part)
+            except SerializationError as exc:
+                index, doc_id = str(action.get("_index")), str(action.get("_id"))
+                op_type = str(action.get("_op_type", "index"))
+                future.set_exception(BulkItemError(op_type, index, doc_id, 400, str(exc)))
+            else:
+                future.set_exception(_TransientFailure("batch had a bad item", at_once=True))
 
 
 def _resolve(

@@ -65,6 +65,7 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
             max_in_flight=settings.bulk.max_in_flight,
         ),
         backoff,
+        quiet_retries=settings.bulk.max_retries,
     )
     producer = make_producer(settings.kafka) if settings.dead_letter.topic else None
     set_aside = _set_aside(settings, stats, producer, backoff)

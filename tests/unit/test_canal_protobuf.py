@@ -174,3 +174,12 @@ def test_ddl_entries_use_the_header_names() -> None:
     assert (ddl.database, ddl.table, ddl.type, ddl.sql, ddl.is_ddl) == (
         "shop", "users", "TRUNCATE", sql, True
     )  # fmt: skip
+
+
+def test_values_longer_than_a_one_byte_length_round_trip() -> None:
+    long_name = "é" * 300
+    value = protobuf_message(
+        "shop", "users", "INSERT", [{"id": "5", "name": long_name}], mysql_types=TYPES
+    )
+
+    assert decode_record(value, POSITION)[0].row["name"] == long_name

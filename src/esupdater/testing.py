@@ -1,0 +1,247 @@
+"""Test handlers without Kafka or Elasticsearch: an in-memory bulk sink, Change builders, `apply`.
+
+Like FastStream's `TestKafkaBroker`: your handlers run unchanged, with a real `Context`; only
+the sink behind it keeps documents in a dict instead of sending them to Elasticsearch::
+
+    sink = await apply(make_change("shop", "users", "INSERT", {"id": 7, "name": "Ada"}))
+    assert sink.documents["shop-users"]["7"]["name"] == "Ada"
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from elastic_transport import OrjsonSerializer
+
+from esupdater.bulk import Action
+from esupdater.canal import decode_record
+from esupdater.change import ROW_TYPES, Change, Position
+from esupdater.context import Context
+from esupdater.errors import BulkItemError
+from esupdater.routing import Registry, default_registry
+
+__all__ = ["MemorySink", "apply", "changes_from_canal", "make_change"]
+
+#: The serializer the service's Elasticsearch client uses (clients.make_elasticsearch), so a
+#: stored document is exactly the JSON Elasticsearch would receive (Decimal -> float, ...).
+_SERIALIZER = OrjsonSerializer()
+
+Document = dict[str, Any]
+
+
+class MemorySink:
+    """A `BulkSink` that applies actions to dicts the way Elasticsearch applies them.
+
+    `documents[index][id]` holds each document's source as Elasticsearch would store it (the
+    JSON round trip of what the handler sent); `actions` records every action in order.
+    Refusals raise `BulkItemError` with Elasticsearch's status and reason, as `Context` does.
+    """
+
+    def __init__(self) -> None:
+        self.documents: dict[str, dict[str, Document]] = {}
+        self.actions: list[Action] = []
+        self._versions: dict[tuple[str, str], int] = {}
+
+    def get(self, index: str, id: str) -> Document | None:
+        """The document's source, or None when it does not exist."""
+        return self.documents.get(index, {}).get(id)
+
+    async def execute(self, action: Action) -> dict[str, Any]:
+        """Apply one bulk action (helpers' format) and return its item, like Elasticsearch."""
+        self.actions.append(copy.deepcopy(action))
+        op_type = action.get("_op_type", "index")
+        index = action.get("_index")
+        if not isinstance(index, str) or not index:
+            raise ValueError(f"bulk action without an _index: {action!r}")
+        doc_id = action.get("_id")
+        if op_type in ("index", "create"):
+            return self._write(op_type, index, doc_id, _source_of(action))
+        if doc_id is None:
+            raise ValueError(f"{op_type} action without an _id: {action!r}")
+        if op_type == "update":
+            return self._update(index, str(doc_id), action)
+        if op_type == "delete":
+            return self._delete(index, str(doc_id))
+        raise ValueError(f"unknown bulk _op_type {op_type!r}: index, create, update or delete")
+
+    def _write(
+        self, op_type: str, index: str, doc_id: object, source: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        key = uuid.uuid4().hex[:20] if doc_id is None else str(doc_id)  # ES generates one
+        exists = key in self.documents.get(index, {})
+        if op_type == "create" and exists:
+            raise BulkItemError(
+                "create", index, key, 409,
+                f"version_conflict_engine_exception: [{key}]: version conflict, document "
+                f"already exists (current version [{self._versions[(index, key)]}])",
+            )  # fmt: skip
+        self._store(index, key, _as_stored(source))
+        return self._item(index, key, "updated" if exists else "created")
+
+    def _update(self, index: str, doc_id: str, action: Action) -> dict[str, Any]:
+        if "script" in action:
+            raise NotImplementedError(
+                f"update {index}/{doc_id}: MemorySink does not run scripts; send a partial `doc`"
+            )
+        doc = _as_stored(action.get("doc") or {})
+        current = self.get(index, doc_id)
+        if current is None:
+            if action.get("doc_as_upsert"):
+                self._store(index, doc_id, doc)
+                return self._item(index, doc_id, "created")
+            if "upsert" in action:
+                self._store(index, doc_id, _as_stored(action["upsert"]))
+                return self._item(index, doc_id, "created")
+            raise BulkItemError(
+                "update", index, doc_id, 404,
+                f"document_missing_exception: [{doc_id}]: document missing",
+            )  # fmt: skip
+        merged = _merge(current, doc)
+        if merged == current:  # Elasticsearch's detect_noop, on by default
+            return self._item(index, doc_id, "noop", status=200)
+        self._store(index, doc_id, merged)
+        return self._item(index, doc_id, "updated")
+
+    def _delete(self, index: str, doc_id: str) -> dict[str, Any]:
+        documents = self.documents.get(index, {})
+        if doc_id not in documents:
+            # The bulk writer hands this item back instead of raising: not an error.
+            return {"_index": index, "_id": doc_id, "result": "not_found", "status": 404}
+        del documents[doc_id]
+        self._versions[(index, doc_id)] += 1
+        return self._item(index, doc_id, "deleted", status=200)
+
+    def _store(self, index: str, doc_id: str, source: Document) -> None:
+        self.documents.setdefault(index, {})[doc_id] = source
+        key = (index, doc_id)
+        self._versions[key] = self._versions.get(key, 0) + 1
+
+    def _item(
+        self, index: str, doc_id: str, result: str, *, status: int | None = None
+    ) -> dict[str, Any]:
+        if status is None:
+            status = 201 if result == "created" else 200
+        version = self._versions[(index, doc_id)]
+        return {"_index": index, "_id": doc_id, "_version": version, "result": result,
+                "status": status}  # fmt: skip
+
+
+def _source_of(action: Action) -> Mapping[str, Any]:
+    """The document of an index/create action: `_source`, or the non-metadata keys."""
+    source = action.get("_source")
+    if isinstance(source, Mapping):
+        return source
+    return {key: value for key, value in action.items() if not key.startswith("_")}
+
+
+def _as_stored(source: Mapping[str, Any]) -> Document:
+    """What Elasticsearch keeps: the JSON the client would send (fails the same way, too)."""
+    stored = orjson.loads(_SERIALIZER.dumps(source))
+    if not isinstance(stored, dict):
+        raise TypeError(f"a document must be a JSON object, got {type(source).__name__}")
+    return stored
+
+
+def _merge(current: Document, doc: Document) -> Document:
+    """A partial update: objects merge key by key, recursively; anything else is replaced."""
+    merged = dict(current)
+    for key, value in doc.items():
+        before = merged.get(key)
+        if isinstance(before, dict) and isinstance(value, dict):
+            merged[key] = _merge(before, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def make_change(
+    database: str,
+    table: str,
+    type: str = "INSERT",
+    row: Mapping[str, Any] | None = None,
+    *,
+    old: Mapping[str, Any] | None = None,
+    pk_names: Sequence[str] = ("id",),
+    sql: str = "",
+    executed_at: datetime | None = None,
+    topic: str = "test",
+    partition: int = 0,
+    offset: int = 0,
+    row_index: int = 0,
+) -> Change:
+    """One Change as the decoder would build it, from typed Python values.
+
+    `row` is the after-image (the before-image for DELETE), `old` the previous values of the
+    changed columns (UPDATE); `raw` gets Canal's strings of `row`. A type other than
+    INSERT/UPDATE/DELETE makes a DDL change carrying `sql`. `executed_at` defaults to now.
+    """
+    kind = type.upper()
+    values = dict(row or {})
+    return Change(
+        database=database,
+        table=table,
+        type=kind,
+        row=values,
+        old=None if old is None else dict(old),
+        pk_names=tuple(pk_names),
+        raw={name: canal_text(value) for name, value in values.items()},
+        executed_at=datetime.now(UTC) if executed_at is None else executed_at,
+        sql=sql,
+        position=Position(topic, partition, offset),
+        row_index=row_index,
+        is_ddl=kind not in ROW_TYPES,
+        changed=frozenset(old or ()),
+    )
+
+
+def canal_text(value: Any) -> str | None:
+    """A Python value as Canal sends it: a string, or None for NULL."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def changes_from_canal(
+    value: bytes,
+    topic: str = "test",
+    partition: int = 0,
+    offset: int = 0,
+    *,
+    tinyint1_as_bool: bool = False,
+) -> list[Change]:
+    """The Changes `esupdater run` would make of one Kafka record (flat JSON or protobuf)."""
+    position = Position(topic, partition, offset)
+    return decode_record(value, position, tinyint1_as_bool=tinyint1_as_bool)
+
+
+async def apply(
+    changes: Change | Iterable[Change],
+    *,
+    registry: Registry | None = None,
+    sink: MemorySink | None = None,
+) -> MemorySink:
+    """Run every matching handler on each change, one after another, into `sink`.
+
+    Handlers come from `registry` (default: the one `@on` registers into, so
+    import your handler modules first). A handler's exception propagates as is: no retries, no
+    dead-letter topic. Returns the sink, new or given, to read `documents` from.
+    """
+    routes = default_registry if registry is None else registry
+    target = MemorySink() if sink is None else sink
+    for change in [changes] if isinstance(changes, Change) else changes:
+        for route in routes.handlers_for(change.database, change.table, change.type):
+            await route.handler(change, Context(target, None, change))
+    return target
