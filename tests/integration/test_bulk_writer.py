@@ -1,0 +1,112 @@
+"""The shared bulk writer against real Elasticsearch: acknowledgements, refusals, batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from esupdater.backoff import Backoff
+from esupdater.bulk import BulkLimits, BulkWriter
+from esupdater.clients import make_elasticsearch
+from esupdater.errors import BulkItemError
+from esupdater.settings import ElasticsearchSettings
+from tests.integration.conftest import ELASTICSEARCH
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[BulkWriter]:
+    es = make_elasticsearch(ElasticsearchSettings(hosts=[ELASTICSEARCH]))
+    bulk = BulkWriter(es, BulkLimits(chunk_size=100, max_in_flight=2), Backoff(0.05, 0.5))
+    await bulk.start()
+    try:
+        yield bulk
+    finally:
+        await bulk.close()
+        await es.close()
+
+
+async def test_each_action_returns_once_elasticsearch_acknowledged_it(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    results = await asyncio.gather(
+        *(
+            writer.execute({"_index": unique_name, "_id": str(i), "_source": {"n": i}})
+            for i in range(1000)
+        )
+    )
+    assert [r["result"] for r in results] == ["created"] * 1000
+    await es.indices.refresh(index=unique_name)
+    assert (await es.count(index=unique_name))["count"] == 1000
+    assert writer.requests < 1000 / 10  # batched: far fewer requests than actions
+    await es.indices.delete(index=unique_name)
+
+
+async def test_writes_to_one_document_are_applied_in_submission_order(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    await asyncio.gather(
+        *(
+            writer.execute({"_index": unique_name, "_id": "same", "_source": {"v": v}})
+            for v in range(300)
+        )
+    )
+    assert (await es.get(index=unique_name, id="same"))["_source"] == {"v": 299}
+    await es.indices.delete(index=unique_name)
+
+
+async def test_a_refused_document_raises_naming_index_id_and_reason(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    await es.indices.create(index=unique_name, mappings={"properties": {"n": {"type": "long"}}})
+    good = writer.execute({"_index": unique_name, "_id": "good", "_source": {"n": 1}})
+    bad = writer.execute({"_index": unique_name, "_id": "bad", "_source": {"n": "many"}})
+    outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+    assert outcomes[0]["result"] == "created"  # type: ignore[index]
+    error = outcomes[1]
+    assert isinstance(error, BulkItemError)
+    assert (error.index, error.doc_id, error.status) == (unique_name, "bad", 400)
+    assert "document_parsing_exception" in str(error)
+    await es.indices.delete(index=unique_name)
+
+
+async def test_deleting_a_missing_document_is_not_an_error(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    await es.indices.create(index=unique_name)
+    result = await writer.execute({"_op_type": "delete", "_index": unique_name, "_id": "nope"})
+    assert (result["status"], result["result"]) == (404, "not_found")
+    await es.indices.delete(index=unique_name)
+
+
+async def test_deleting_from_a_missing_index_is_not_an_error(
+    writer: BulkWriter, unique_name: str
+) -> None:
+    result = await writer.execute({"_op_type": "delete", "_index": unique_name, "_id": "nope"})
+    assert result["status"] == 404
+
+
+async def test_updating_a_missing_document_without_upsert_is_refused(
+    writer: BulkWriter, unique_name: str
+) -> None:
+    with pytest.raises(BulkItemError, match="document_missing_exception"):
+        await writer.execute(
+            {"_op_type": "update", "_index": unique_name, "_id": "nope", "doc": {"a": 1}}
+        )
+
+
+async def test_a_document_that_is_not_json_is_refused_and_spares_its_batch(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    actions = [{"_index": unique_name, "_id": str(i), "_source": {"n": i}} for i in range(20)]
+    actions[7]["_source"] = {"n": {1, 2}}  # a set: no JSON for it
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(writer.execute(a) for a in actions), return_exceptions=True), 20
+    )
+    assert isinstance(outcomes[7], BulkItemError)
+    assert [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)] == [7]
+    await es.indices.refresh(index=unique_name)
+    assert (await es.count(index=unique_name))["count"] == 19
+    await es.indices.delete(index=unique_name)
