@@ -32,7 +32,7 @@ unit: install  ## unit tests only (no servers)
 
 lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check src tests
-	$(BIN)/mypy --strict src/esupdater
+	$(BIN)/mypy --strict src/esupdater bench
 
 demo: install up  ## see it work: a shop's binlog through Kafka and esupdater into Elasticsearch, verified
 	$(BIN)/python stack/demo.py

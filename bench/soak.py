@@ -82,7 +82,7 @@ async def produce(
                 version = versions.get(user, -1) + 1
                 versions[user] = version
                 batch.append(_row(user, version))
-            kind = "INSERT" if all(r["name"].endswith(" v0") for r in batch) else "UPDATE"
+            kind = "INSERT" if all(str(r["name"]).endswith(" v0") for r in batch) else "UPDATE"
             value = flat_message("soak", "users", kind, batch, mysql_types=TYPES)
             await producer.send(topic, value, partition=partition)
             for row in batch:

@@ -1,0 +1,99 @@
+"""One esupdater process for the benchmark: `python -m bench.child SPEC.json`.
+
+Runs `esupdater.service.serve()` in-process with esupdater's default settings (only the
+addresses, topic, group and runtime dir set), on uvloop or plain asyncio, with or without the
+orjson serializer, and one handler (index the typed row, delete on DELETE) wrapped in a probe
+that notes the first call, the last acknowledgement and, in latency mode, each row's latency.
+The parent ends it through the status file, like `esupdater stop`; on exit it writes its
+figures (and its own peak RSS) to the spec's `result` path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from array import array
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench.stack import peak_rss_mb
+from esupdater import Change, Context, Registry, clients, service
+from esupdater.logs import setup_logging
+from esupdater.settings import (
+    ElasticsearchSettings,
+    KafkaSettings,
+    RuntimeSettings,
+    Settings,
+)
+
+
+class Probe:
+    """Wraps the handler: first call, last ack, rows, and latencies from the record's time."""
+
+    def __init__(self, index: str, latency: bool) -> None:
+        self.index = index
+        self.latency = latency
+        self.first: float | None = None
+        self.last = 0.0
+        self.rows = 0
+        #: Pairs (record time, seconds from record time to acknowledgement), flattened.
+        self.samples = array("d")
+
+    async def handle(self, change: Change, ctx: Context) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+        if change.is_delete:
+            await ctx.delete(index=self.index, id=change.pk)
+        else:
+            await ctx.index(index=self.index, id=change.pk, doc=change.row)
+        self.last = time.monotonic()
+        self.rows += 1
+        if self.latency and change.executed_at is not None:
+            sent = change.executed_at.timestamp()  # == the record's CreateTime, see latency.py
+            self.samples.extend((sent, time.time() - sent))
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "first_row_at": self.first,
+            "last_ack_at": self.last,
+            "rows": self.rows,
+            "samples": list(self.samples),
+            # Not getrusage: ru_maxrss carries over the parent's RSS across fork + exec.
+            "peak_rss_mb": peak_rss_mb(os.getpid()),
+        }
+
+
+def settings_for(spec: dict[str, Any]) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=spec["kafka"], topics=[spec["topic"]], group_id=spec["group"]
+        ),
+        elasticsearch=ElasticsearchSettings(hosts=[spec["elasticsearch"]]),
+        runtime=RuntimeSettings(dir=Path(spec["runtime_dir"])),
+    )
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    setup_logging("WARNING", "text")
+    if not spec["orjson"]:
+        # serve() offers no switch for the serializer; see the report for the proposed setting.
+        setattr(service, "make_elasticsearch", partial(clients.make_elasticsearch, orjson=False))  # noqa: B010
+    probe = Probe(spec["index"], spec["latency"])
+    registry = Registry()
+    registry.add("shop.users", probe.handle)
+    started = time.monotonic()
+    runner = uvloop.run if spec["loop"] == "uvloop" else asyncio.run
+    runner(service.serve(settings_for(spec), registry))
+    result = {"started_at": started, "stopped_at": time.monotonic(), **probe.figures()}
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,109 @@
+"""Latency at a steady load: from the Kafka record's timestamp to Elasticsearch's ack.
+
+A paced producer writes the users dataset at a fixed rate (half the best measured rate) into
+an empty topic that an esupdater child is already consuming. Each message carries the same
+millisecond as its Kafka CreateTime and as Canal's `es` (execution time); the child's probe
+takes `change.executed_at` after `await ctx.index(...)` returned, so each sample is
+"record timestamp -> acknowledged by Elasticsearch". The first `warmup` seconds are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from bench.dataset import encode, statements
+from bench.e2e import RunResult, Variant, run_esupdater
+from bench.stack import KAFKA, Stack
+
+
+@dataclass
+class Latency:
+    rate: float  # target rows/s
+    achieved_rate: float  # rows/s the producer actually sent
+    seconds: float
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    run: RunResult
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "variant": self.run.variant.label,
+            "target_rows_per_second": round(self.rate, 1),
+            "produced_rows_per_second": round(self.achieved_rate, 1),
+            "seconds": self.seconds,
+            "samples": self.samples,
+            "p50_ms": round(self.p50_ms, 1),
+            "p99_ms": round(self.p99_ms, 1),
+            "max_ms": round(self.max_ms, 1),
+            "peak_rss_mb": round(self.run.peak_rss_mb, 1),
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted `values`."""
+    if not values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(values)))
+    return values[rank - 1]
+
+
+async def paced(topic: str, rate: float, seconds: float, *, partitions: int,
+                rows_per_message: int) -> tuple[int, float]:
+    """Produce `rate` rows/s for `seconds`; (rows sent, seconds taken)."""
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks=1, linger_ms=1)
+    await producer.start()
+    rows = int(rate * seconds)
+    sent = 0
+    started = time.monotonic()
+    try:
+        for statement in statements(rows, partitions=partitions):
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:  # sent more than due by now: wait until it is due
+                await asyncio.sleep(ahead)
+            now_ms = time.time_ns() // 1_000_000
+            for partition, value, n in encode(statement, rows_per_message, es_ms=now_ms):
+                await producer.send(topic, value, partition=partition, timestamp_ms=now_ms)
+                sent += n
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent, time.monotonic() - started
+
+
+async def measure(
+    stack: Stack, variant: Variant, rate: float, seconds: float, *,
+    partitions: int, warmup: float,
+) -> Latency:
+    topic = await stack.create_topic(f"latency-{variant.rows_per_message}", partitions)
+    index = await stack.create_index(f"latency-{variant.rows_per_message}")
+    produced: dict[str, float] = {}
+
+    async def feed() -> None:
+        produced["start"] = time.time()
+        rows, took = await paced(topic, rate, warmup + seconds, partitions=partitions,
+                                 rows_per_message=variant.rows_per_message)
+        produced["rate"] = rows / took
+
+    try:
+        run = await run_esupdater(stack, variant, topic, partitions, index=index,
+                                  latency=True, feed=feed)
+    finally:
+        await stack.drop_index(index)
+    cutoff = produced["start"] + warmup
+    pairs = run.samples
+    latencies = sorted(
+        pairs[i + 1] * 1000 for i in range(0, len(pairs), 2) if pairs[i] >= cutoff
+    )
+    return Latency(
+        rate=rate, achieved_rate=produced["rate"], seconds=seconds, samples=len(latencies),
+        p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
+        max_ms=latencies[-1] if latencies else math.nan, run=run,
+    )

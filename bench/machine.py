@@ -1,0 +1,69 @@
+"""What the figures were measured on: CPU, memory, Python, libraries, Kafka and Elasticsearch."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("esupdater", "aiokafka", "elasticsearch", "elastic-transport", "aiohttp", "orjson",
+            "uvloop", "pydantic")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _kafka_version() -> str | None:
+    """The broker the stack runs: the version its pom pins (the broker API does not say)."""
+    pom = ROOT / "stack" / "pom.xml"
+    if not pom.exists():
+        return None
+    found = re.search(r"<kafka.version>(.+?)</kafka.version>", pom.read_text())
+    return found.group(1) if found else None
+
+
+async def describe(es: AsyncElasticsearch) -> dict[str, Any]:
+    nodes = await es.nodes.info(filter_path="nodes.*.version")
+    es_versions = sorted({node["version"] for node in nodes["nodes"].values()})
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "kafka": _kafka_version(),
+        "elasticsearch": ", ".join(es_versions),
+        # The stack is shared: a busy machine at the start explains noisy figures.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }

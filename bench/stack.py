@@ -1,0 +1,128 @@
+"""The local stack as the benchmark uses it: its own topics, groups and indices, cleaned up after.
+
+Every name carries the run id so the benchmark never touches what tests or other people use
+on the same Kafka and Elasticsearch at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+from elasticsearch import AsyncElasticsearch
+
+from esupdater.clients import make_consumer
+from esupdater.settings import KafkaSettings
+
+KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
+ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
+
+#: The users index as search would want it; `strict` so a typing regression fails loudly.
+USERS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "id": {"type": "long"},
+        "name": {"type": "text", "fields": {"raw": {"type": "keyword"}}},
+        "email": {"type": "keyword"},
+        "city": {"type": "keyword"},
+        "balance": {"type": "double"},  # scaled_float needs mapper-extras (not in the zip)
+        "created_at": {"type": "date"},
+        "updated_at": {"type": "date"},
+        "vip": {"type": "byte"},
+    },
+}
+
+#: Same for every variant: no refresh while writing (fair), one shard, no replica (one node).
+INDEX_SETTINGS: dict[str, Any] = {
+    "number_of_shards": 1,
+    "number_of_replicas": 0,
+    "refresh_interval": "-1",
+}
+
+
+@dataclass
+class Stack:
+    """Admin handles plus what this run created, so `close()` can delete all of it."""
+
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+    admin: AIOKafkaAdminClient | None = None
+    es: AsyncElasticsearch | None = None
+    topics: list[str] = field(default_factory=list)
+    indices: list[str] = field(default_factory=list)
+
+    def name(self, kind: str) -> str:
+        return f"bench-{self.run_id}-{kind}"
+
+    async def start(self) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await self.admin.start()
+        self.es = AsyncElasticsearch(ELASTICSEARCH, request_timeout=120)
+
+    async def create_topic(self, kind: str, partitions: int) -> str:
+        topic = self.name(kind)
+        assert self.admin is not None
+        await self.admin.create_topics([NewTopic(topic, partitions, 1)])
+        self.topics.append(topic)
+        return topic
+
+    async def create_index(self, kind: str) -> str:
+        index = self.name(kind)
+        assert self.es is not None
+        await self.es.indices.create(index=index, settings=INDEX_SETTINGS, mappings=USERS_MAPPING)
+        self.indices.append(index)
+        return index
+
+    async def count(self, index: str) -> int:
+        assert self.es is not None
+        await self.es.indices.refresh(index=index)
+        return int((await self.es.count(index=index))["count"])
+
+    async def drop_index(self, index: str) -> None:
+        assert self.es is not None
+        await self.es.indices.delete(index=index, ignore_unavailable=True)
+        if index in self.indices:
+            self.indices.remove(index)
+
+    async def committed(self, group: str, partitions: list[TopicPartition]) -> int:
+        """Sum of the group's committed offsets over `partitions` (0 where none yet)."""
+        assert self.admin is not None
+        offsets = await self.admin.list_consumer_group_offsets(group, partitions=partitions)
+        return sum(max(meta.offset, 0) for meta in offsets.values())
+
+    async def close(self) -> None:
+        if self.es is not None:
+            for index in list(self.indices):
+                await self.drop_index(index)
+            await self.es.close()
+        if self.admin is not None:
+            if self.topics:
+                await self.admin.delete_topics(self.topics)
+            await self.admin.close()
+
+
+async def end_offsets(topic: str, partitions: int) -> dict[TopicPartition, int]:
+    consumer = make_consumer(KafkaSettings(bootstrap_servers=KAFKA), group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark of a process's resident set (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return 0.0
