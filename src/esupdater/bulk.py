@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from elastic_transport import SerializationError
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_streaming_bulk, expand_action
+from elasticsearch.helpers import BULK_FLUSH, async_streaming_bulk, expand_action
 
 from esupdater.backoff import Backoff
 from esupdater.errors import BulkItemError
@@ -124,14 +125,30 @@ class BulkWriter:
         return await future
 
     async def _run_lane(self, lane: asyncio.Queue[_Item | None]) -> None:
-        stopping = False
-        while not stopping:
-            first = await lane.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stopping = await self._collect(lane, batch)
-            await self._send(batch)
+        """One long-lived `async_streaming_bulk` per lane; restarted after a failed request."""
+        feed = _LaneFeed(self, lane)
+        while not feed.stopping:
+            feed.sent.clear()
+            try:
+                async for ok, info in async_streaming_bulk(
+                    self.es,
+                    feed.actions(),
+                    chunk_size=self.limits.chunk_size,
+                    max_chunk_bytes=self.limits.max_chunk_bytes,
+                    raise_on_error=False,
+                    raise_on_exception=False,
+                    max_retries=0,  # retries happen per item in execute(), in order
+                ):
+                    action, future = feed.sent.popleft()
+                    if not future.done():
+                        _resolve(future, action, ok, info)
+            except SerializationError:
+                self._fail_unserializable(list(feed.sent))
+            except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
+                reason = f"request failed ({type(exc).__name__}: {exc})"
+                for _, future in feed.sent:
+                    if not future.done():
+                        future.set_exception(_TransientFailure(reason))
 
     async def _collect(self, lane: asyncio.Queue[_Item | None], batch: list[_Item]) -> bool:
         """Add to `batch` what arrives while other tasks are still producing; True on stop."""
@@ -150,31 +167,6 @@ class BulkWriter:
             batch.append(item)
         return False
 
-    async def _send(self, batch: list[_Item]) -> None:
-        self.requests += 1
-        done = 0
-        try:
-            async for ok, info in async_streaming_bulk(
-                self.es,
-                [action for action, _ in batch],
-                chunk_size=self.limits.chunk_size,
-                max_chunk_bytes=self.limits.max_chunk_bytes,
-                raise_on_error=False,
-                raise_on_exception=False,
-                max_retries=0,  # retries happen per item in execute(), in order
-            ):
-                action, future = batch[done]
-                done += 1
-                if not future.done():
-                    _resolve(future, action, ok, info)
-        except SerializationError:
-            self._fail_unserializable(batch[done:])
-        except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
-            reason = f"request failed ({type(exc).__name__}: {exc})"
-            for _, future in batch[done:]:
-                if not future.done():
-                    future.set_exception(_TransientFailure(reason))
-
     def _fail_unserializable(self, batch: list[_Item]) -> None:
         """Refuse the actions that cannot be JSON for good; send the others again at once."""
         serializer = self.es.transport.serializers.get_serializer("application/json")
@@ -191,6 +183,30 @@ class BulkWriter:
                 future.set_exception(BulkItemError(op_type, index, doc_id, 400, str(exc)))
             else:
                 future.set_exception(_TransientFailure("batch had a bad item", at_once=True))
+
+
+class _LaneFeed:
+    """The action stream of one lane: batches of what waits, each closed by a flush."""
+
+    def __init__(self, writer: BulkWriter, lane: asyncio.Queue[_Item | None]) -> None:
+        self.writer = writer
+        self.lane = lane
+        self.sent: deque[_Item] = deque()  # handed to the helper, result not seen yet
+        self.stopping = False
+
+    async def actions(self) -> AsyncIterator[Any]:
+        while not self.stopping:
+            first = await self.lane.get()
+            if first is _STOP:
+                self.stopping = True
+                return
+            batch = [first]
+            self.stopping = await self.writer._collect(self.lane, batch)
+            self.sent.extend(batch)  # all of it first: a failure must see every item
+            for action, _ in batch:
+                yield action
+            self.writer.requests += 1
+            yield BULK_FLUSH  # send now: what was waiting is all there is
 
 
 def _resolve(
