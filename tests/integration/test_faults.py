@@ -1,0 +1,197 @@
+"""Faults of the real servers and of handlers: nothing lost, nothing stuck, redrive after a fix.
+
+These tests stop and start the shared local stack's servers (stack/stack.sh), and always
+start them again, even when they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from tests.integration.conftest import TopicFactory
+from tests.integration.service_harness import (
+    CanalProducer,
+    ServiceFactory,
+    eventually,
+    row,
+    source,
+    wait_count,
+)
+
+STACK = Path(__file__).resolve().parents[2] / "stack" / "stack.sh"
+QUICK_RETRIES = {"bulk": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}
+
+#: Indexes every row, a little slowly, so a fault lands with work in flight.
+STEADY = """
+import asyncio
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    await asyncio.sleep(0.002)
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+"""
+
+
+async def _stack(action: str, server: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(STACK), action, server,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, f"stack.sh {action} {server} failed:\n{out.decode()}"
+
+
+@pytest.fixture
+async def restartable() -> AsyncIterator[None]:
+    """Whatever a test stops, the stack is whole again afterwards."""
+    try:
+        yield
+    finally:
+        await _stack("start", "kafka")
+        await _stack("start", "elasticsearch")
+
+
+async def _produce(canal: CanalProducer, topic: str, ids: range, v: int = 0) -> None:
+    kind = "INSERT" if v == 0 else "UPDATE"
+    for i in ids:
+        await canal.rows(topic, "users", kind, [row(i, v=v)])
+    await canal.flush()
+
+
+async def test_elasticsearch_stopped_for_20_s_mid_stream_loses_nothing_and_resumes_by_itself(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
+) -> None:
+    service = await esupdater(STEADY, partitions=2, settings=QUICK_RETRIES)
+    await _produce(canal, service.topic, range(3000))
+    await service.started()
+
+    async def some_done() -> bool:
+        return ((service.stats() or {}).get("rows_done") or 0) >= 300
+
+    await eventually(some_done, timeout=60, what="300 rows done", service=service)
+    await _stack("stop", "elasticsearch")
+    await _produce(canal, service.topic, range(3000), v=1)  # every row updated meanwhile
+    await asyncio.sleep(20)
+    assert service.returncode is None, "esupdater exited while Elasticsearch was down"
+    await _stack("start", "elasticsearch")
+
+    await wait_count(es, service.index, 3000, timeout=120, service=service)
+    stats = await service.rows_done(6000, timeout=120)
+    assert (stats["dead_lettered"], stats["handler_errors"], stats["rejected"]) == (0, 0, 0)
+    for i in (0, 1499, 2999):
+        assert (await source(es, service.index, str(i)) or {}).get("v") == 1
+    await service.stop()
+    assert set((await service.lag()).values()) == {0}
+
+
+async def test_a_kafka_broker_restart_mid_stream_loses_nothing(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
+) -> None:
+    service = await esupdater(STEADY, partitions=2, settings=QUICK_RETRIES)
+    await _produce(canal, service.topic, range(2000))
+    await service.started()
+
+    async def some_done() -> bool:
+        return ((service.stats() or {}).get("rows_done") or 0) >= 200
+
+    await eventually(some_done, timeout=60, what="200 rows done", service=service)
+    await _stack("stop", "kafka")
+    await asyncio.sleep(5)
+    assert service.returncode is None, "esupdater exited while Kafka was down"
+    await _stack("start", "kafka")
+    await _produce(canal, service.topic, range(2000, 3000))
+
+    await wait_count(es, service.index, 3000, timeout=120, service=service)
+    await service.stop(timeout=60)
+    assert set((await service.lag()).values()) == {0}
+    assert "Traceback" not in service.log()
+
+
+async def test_a_handler_that_raises_once_is_retried_and_succeeds(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await esupdater("""
+from esupdater import on
+
+failed_once = set()
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    if change.pk not in failed_once:
+        failed_once.add(change.pk)
+        raise ConnectionResetError("the enrichment service hung up")
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+""", settings={"bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
+               "dead_letter": {"max_attempts": 3, "on_failure": "skip"}})
+    await _produce(canal, service.topic, range(5))
+    await service.started()
+
+    stats = await service.rows_done(5)
+    assert stats["handler_retries"] == 5
+    assert (stats["handler_errors"], stats["dead_lettered"]) == (0, 0)
+    await wait_count(es, service.index, 5, service=service)
+
+
+async def test_redrive_applies_dead_letters_after_a_fix_and_reports_what_failed_again(
+    esupdater: ServiceFactory,
+    canal: CanalProducer,
+    es: AsyncElasticsearch,
+    new_topic: TopicFactory,
+) -> None:
+    dead_letters = await new_topic()
+    service = await esupdater("""
+from pathlib import Path
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    if change.row["name"].startswith("boom") and not Path("fixed").exists():
+        raise ValueError(f"no rule for {change.row['name']}")
+    if change.row["name"] == "boom forever":
+        raise ValueError("still no rule")
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+""", settings={"bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
+               "dead_letter": {"max_attempts": 2, "topic": dead_letters}})
+    await canal.rows(service.topic, "users", "INSERT", [row(1), row(2, name="boom")])
+    await canal.rows(service.topic, "users", "INSERT", [row(3, name="boom forever")])
+    await canal.rows(service.topic, "users", "INSERT", [row(4)])
+    await canal.flush()
+    await service.started()
+    stats = await service.rows_done(4)
+    assert stats["dead_lettered"] == 2
+    await service.stop()
+    assert await source(es, service.index, "2") is None
+
+    (service.workdir / "fixed").touch()  # the fix ships
+    ran = await service.cli("redrive")
+    assert ran.returncode == 1, ran  # one record still fails
+    assert "2 record(s): 1 applied, 1 failed again" in ran.output, ran
+    assert (await source(es, service.index, "2") or {}).get("name") == "boom"
+    assert await source(es, service.index, "1") is not None
+
+    again = await service.cli("redrive")  # only the re-dead-lettered one is left
+    assert "1 record(s): 0 applied, 1 failed again" in again.output, again
+
+
+async def test_a_configured_dead_letter_topic_that_does_not_exist_exits_2_saying_so(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(STEADY, settings={"dead_letter": {"topic": "no-such-topic-x"}})
+    service.start()
+    assert await service.wait_exit() == 2
+    assert "no-such-topic-x" in service.log()
+    assert "does not exist" in service.log()
+
+
+def test_stack_script_is_where_the_tests_expect_it() -> None:
+    result = subprocess.run(["bash", str(STACK), "status"], capture_output=True, text=True,
+                            check=False)
+    assert "kafka: up" in result.stdout, result
+    assert "elasticsearch: up" in result.stdout, result
