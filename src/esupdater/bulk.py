@@ -202,6 +202,11 @@ class _LaneFeed:
                 return
             batch = [first]
             self.stopping = await self.writer._collect(self.lane, batch)
+            # A caller cancelled while its action waited (its partition was revoked, the
+            # drain timed out): that write must not land after the new owner's.
+            batch = [item for item in batch if not item[1].done()]
+            if not batch:
+                continue
             self.sent.extend(batch)  # all of it first: a failure must see every item
             for action, _ in batch:
                 yield action

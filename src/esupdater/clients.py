@@ -44,6 +44,8 @@ def make_consumer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaConsumer:
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
+        # Notice new partitions, and topics created after start, within seconds.
+        metadata_max_age_ms=10_000,
         **options,
     )
 

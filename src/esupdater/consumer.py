@@ -85,6 +85,7 @@ class Pipeline:
             for task in (fetching, committing, stopped):
                 task.cancel()
             await asyncio.gather(fetching, committing, stopped, return_exceptions=True)
+            log.info("fetching stopped; draining %d row(s) in flight", self.dispatcher.in_flight)
             await self._drain_and_commit()
 
     async def _drain_and_commit(self) -> None:
@@ -95,6 +96,7 @@ class Pipeline:
                 "they will be consumed again", self.drain_timeout, abandoned,
             )
             await self.dispatcher.drain(timeout=self.drain_timeout)
+        log.info("drained; committing")
         await self.commit()
 
     # -- fetching ----------------------------------------------------------------------------

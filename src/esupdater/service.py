@@ -106,10 +106,23 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
         await writer.close()
-        await consumer.stop()
+        # Offsets are committed by now; a client that will not close must not keep the
+        # process (and `esupdater stop`) waiting.
+        await _bounded(consumer.stop(), "Kafka consumer")
         if producer is not None:
-            await producer.stop()
-        await es.close()
+            await _bounded(producer.stop(), "Kafka producer")
+        await _bounded(es.close(), "Elasticsearch client")
+
+
+#: Seconds a client gets to close at shutdown.
+CLOSE_TIMEOUT = 10.0
+
+
+async def _bounded(closing: Awaitable[None], what: str) -> None:
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("%s did not close within %.0fs; exiting anyway", what, CLOSE_TIMEOUT)
 
 
 async def _start_retrying(
