@@ -96,3 +96,7 @@ async def new_topic() -> AsyncIterator[TopicFactory]:
         if created:
             await admin.delete_topics(created)
         await admin.close()
+
+
+# The fixtures that run the real `esupdater` process (tests/integration/service_harness.py).
+from tests.integration.service_harness import canal, es_proxy, esupdater  # noqa: E402, F401

@@ -14,6 +14,7 @@ from esupdater.clients import make_elasticsearch
 from esupdater.errors import BulkItemError
 from esupdater.settings import ElasticsearchSettings
 from tests.integration.conftest import ELASTICSEARCH
+from tests.integration.service_harness import TcpProxy
 
 
 @pytest.fixture
@@ -110,3 +111,33 @@ async def test_a_document_that_is_not_json_is_refused_and_spares_its_batch(
     await es.indices.refresh(index=unique_name)
     assert (await es.count(index=unique_name))["count"] == 19
     await es.indices.delete(index=unique_name)
+
+
+async def test_a_write_cancelled_while_queued_is_never_sent(
+    es: AsyncElasticsearch, es_proxy: TcpProxy, unique_name: str
+) -> None:
+    """A revoked partition's rows are cancelled: what they had queued must not land later
+    (after the new owner's writes). A request already on the wire cannot be recalled."""
+    client = make_elasticsearch(ElasticsearchSettings(hosts=[es_proxy.url], request_timeout=60))
+    bulk = BulkWriter(client, BulkLimits(max_in_flight=1), Backoff(0.05, 0.5))
+    await bulk.start()
+    try:
+        await bulk.execute({"_index": unique_name, "_id": "warm", "_source": {"v": 0}})
+        es_proxy.stall()
+        on_the_wire = asyncio.create_task(
+            bulk.execute({"_index": unique_name, "_id": "doc", "_source": {"v": 1}})
+        )
+        await asyncio.sleep(0.5)  # sent, held by the stalled proxy
+        queued = asyncio.create_task(
+            bulk.execute({"_index": unique_name, "_id": "doc", "_source": {"v": 2}})
+        )
+        await asyncio.sleep(0.2)
+        queued.cancel()
+        es_proxy.flow()
+        assert (await asyncio.wait_for(on_the_wire, 30))["result"] == "created"
+        await bulk.execute({"_index": unique_name, "_id": "after", "_source": {"v": 3}})
+        assert (await es.get(index=unique_name, id="doc"))["_source"] == {"v": 1}
+    finally:
+        await bulk.close()
+        await client.close()
+        await es.indices.delete(index=unique_name, ignore_unavailable=True)

@@ -1,0 +1,269 @@
+"""The process lifecycle a user drives: run, stop, signals, status, check, the pidfile lock."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+
+from elasticsearch import AsyncElasticsearch
+
+from tests.integration.conftest import TopicFactory
+from tests.integration.service_harness import (
+    START_TIMEOUT,
+    CanalProducer,
+    ServiceFactory,
+    eventually,
+    row,
+    squash,
+    wait_count,
+)
+
+USERS = """
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    if change.is_delete:
+        await ctx.delete(index=INDEX, id=change.pk)
+    else:
+        await ctx.upsert(index=INDEX, id=change.pk, doc=change.row)
+"""
+
+
+async def test_run_writes_its_pid_to_the_pidfile_and_start_to_the_status_file(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await (await esupdater(USERS)).started()
+
+    assert service.pidfile_pid() == service.proc.pid  # type: ignore[union-attr]
+    assert service.status_word() == "start"
+
+
+async def test_a_second_run_on_the_same_runtime_dir_exits_nonzero_saying_already_running(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await (await esupdater(USERS)).started()
+
+    second = await service.cli("run", timeout=30)
+
+    assert second.returncode != 0, second
+    assert "already running" in second.output, second
+    assert str(service.proc.pid) in second.output, second  # type: ignore[union-attr]
+    assert not service.exited
+    assert service.pidfile_pid() == service.proc.pid  # type: ignore[union-attr]
+
+
+async def test_a_stale_pidfile_of_a_dead_pid_is_replaced_and_run_starts(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    service.runtime.mkdir()
+    service.pidfile.write_text(f"{dead.pid}\n")  # no process holds its lock
+
+    await service.started()
+
+    assert service.pidfile_pid() == service.proc.pid  # type: ignore[union-attr]
+    assert "stale pidfile" in service.log_since_start()
+
+
+async def test_stop_waits_for_the_drain_prints_stopped_exits_0_and_the_pidfile_is_gone(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await (await esupdater(USERS)).started()
+
+    stopped = await service.stop()
+
+    assert stopped.returncode == 0, stopped
+    assert "stopped" in stopped.stdout, stopped
+    assert service.returncode == 0  # `stop` returned only once the process had gone
+    assert not service.pidfile.exists()
+
+
+async def test_stop_with_nothing_running_exits_1_saying_not_running(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+
+    stopped = await service.cli("stop")
+
+    assert stopped.returncode == 1, stopped
+    assert "not running" in stopped.output, stopped
+
+
+async def test_stop_after_a_crash_says_not_running(esupdater: ServiceFactory) -> None:
+    service = await (await esupdater(USERS)).started()
+    service.kill()
+    assert service.pidfile.exists()  # SIGKILL leaves it behind, unlocked
+
+    stopped = await service.cli("stop")
+
+    assert stopped.returncode == 1, stopped
+    assert "not running" in stopped.output, stopped
+
+
+async def _exits_cleanly_on(
+    sig: signal.Signals, esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await (await esupdater(USERS)).started()
+    for i in range(20):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()
+    await wait_count(es, service.index, 20, service=service)
+
+    service.send_signal(sig)
+
+    assert await service.wait_exit() == 0, service.log_since_start()
+    assert not service.pidfile.exists()
+    assert f"{sig.name} received: draining" in service.log_since_start()
+    assert await service.lag() == {0: 0}
+
+
+async def test_sigterm_drains_commits_exits_0_and_removes_the_pidfile(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    await _exits_cleanly_on(signal.SIGTERM, esupdater, canal, es)
+
+
+async def test_sigint_drains_commits_exits_0_and_removes_the_pidfile(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    await _exits_cleanly_on(signal.SIGINT, esupdater, canal, es)
+
+
+async def test_status_shows_running_the_pid_and_the_rows_done(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await (await esupdater(USERS)).started()
+    for i in range(7):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()
+    await wait_count(es, service.index, 7, service=service)
+
+    async def reported() -> bool:
+        return (service.stats() or {}).get("rows_done") == 7
+
+    await eventually(reported, timeout=10, what="stats file rows_done == 7", service=service)
+    status = await service.cli("status")
+
+    assert status.returncode == 0, status
+    text = squash(status.stdout)
+    assert "state running" in text, status
+    assert f"pid {service.proc.pid}" in text, status  # type: ignore[union-attr]
+    assert re.search(r"rows done 7\b", text), status
+
+
+async def test_status_with_nothing_running_exits_1_saying_not_running(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+
+    status = await service.cli("status")
+
+    assert status.returncode == 1, status
+    assert "not running" in status.output, status
+
+
+async def test_check_prints_the_route_table_and_exits_0(esupdater: ServiceFactory) -> None:
+    service = await esupdater(USERS + """
+@on("shop.orders_*", types={"INSERT"})
+async def new_order(change, ctx):
+    pass
+""")
+
+    checked = await service.cli("check")
+
+    assert checked.returncode == 0, checked
+    lines = checked.stdout.splitlines()
+    users = next(line for line in lines if "shop.users" in line)
+    assert "itest_handlers:sync_user" in users
+    assert re.search(r"DELETE, INSERT, UPDATE", users), checked
+    orders = next(line for line in lines if "shop.orders_*" in line)
+    assert "itest_handlers:new_order" in orders
+    assert "INSERT" in orders
+    assert "UPDATE" not in orders
+
+
+async def test_check_exits_2_naming_the_unknown_key_and_the_file(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS, settings={"kafka": {"max_workerz": 8}})
+
+    checked = await service.cli("check")
+
+    assert checked.returncode == 2, checked
+    assert "settings.toml: kafka.max_workerz: unknown key" in checked.output, checked
+
+
+async def test_check_exits_2_naming_the_env_var_of_a_bad_value(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+
+    checked = await service.cli("check", env={"ESUPDATER_WORKER__MAX_WORKERS": "zero"})
+
+    assert checked.returncode == 2, checked
+    assert "env ESUPDATER_WORKER__MAX_WORKERS: worker.max_workers" in checked.output, checked
+
+
+async def test_run_with_an_unknown_settings_key_exits_2_before_taking_the_pidfile(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS, settings={"runtime": {"drain_timeout": 5}})
+
+    ran = await service.cli("run", timeout=30)
+
+    assert ran.returncode == 2, ran
+    assert "runtime.drain_timeout: unknown key" in ran.output, ran
+    assert not service.pidfile.exists()
+
+
+async def test_a_topic_created_after_start_is_consumed_once_it_exists(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
+    new_topic: TopicFactory,
+) -> None:
+    service = await esupdater(USERS, create_topic=False)
+    service.start()
+
+    async def waiting() -> bool:
+        return "does not exist yet: waiting for it" in service.log_since_start()
+
+    await eventually(waiting, timeout=START_TIMEOUT, what="missing topic reported",
+                     service=service)
+    await new_topic(name=service.topic)
+    await canal.rows(service.topic, "users", "INSERT", [row(1)])
+    await canal.flush()
+
+    # "waiting for it" should not mean aiokafka's 5-minute metadata refresh.
+    await wait_count(es, service.index, 1, timeout=30, service=service)
+
+
+async def test_stop_gives_up_after_its_timeout_saying_still_running_and_exits_1(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await esupdater("""
+import asyncio, os
+from esupdater import on
+
+@on("shop.users")
+async def stuck(change, ctx):
+    open(os.path.join(WORKDIR, "started"), "w").close()
+    await asyncio.sleep(60)
+""")
+    await service.started()
+    await canal.rows(service.topic, "users", "INSERT", [row(1)])
+    await canal.flush()
+
+    async def stuck() -> bool:
+        return (service.workdir / "started").exists()
+
+    await eventually(stuck, timeout=30, what="handler running", service=service)
+
+    stopped = await service.cli("stop", "--timeout", "1")
+
+    assert stopped.returncode == 1, stopped
+    assert "still running after 1 s" in stopped.output, stopped
+    assert not service.exited  # still draining (drain_timeout is 20 s)

@@ -1,0 +1,104 @@
+"""Per-document order: one row's changes apply in binlog order, whatever the concurrency."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from elasticsearch import AsyncElasticsearch
+
+from tests.integration.service_harness import (
+    CanalProducer,
+    Service,
+    ServiceFactory,
+    row,
+    source,
+)
+
+HOT_UPDATES = 500
+COLD_ROWS = 50
+PARTITIONS = 3
+
+#: Writes each change, then logs "pk v" once Elasticsearch acknowledged it, and the peak
+#: number of changes in the handler at once (different keys must overlap, or this proves
+#: nothing). SLEEP is set by each test.
+ORDER_LOGGING = """
+import asyncio, os, random
+from esupdater import on
+
+_log = open(os.path.join(WORKDIR, "applied.log"), "a", buffering=1)
+_inside = 0
+_peak = 0
+
+@on("shop.users")
+async def apply(change, ctx):
+    global _inside, _peak
+    _inside += 1
+    if _inside > _peak:
+        _peak = _inside
+        with open(os.path.join(WORKDIR, "peak"), "w") as f:
+            f.write(str(_peak))
+    try:
+        if SLEEP:
+            await asyncio.sleep(random.random() * SLEEP)
+        await ctx.index(index=INDEX, id=change.pk, doc={"v": change.row["v"]})
+        _log.write(f"{change.pk} {change.row['v']}\\n")
+    finally:
+        _inside -= 1
+"""
+
+
+async def _produce_interleaved(canal: CanalProducer, topic: str) -> dict[str, int]:
+    """500 updates of row 0 with 500 updates spread over rows 1..50; returns the last v's."""
+    last: dict[str, int] = defaultdict(int)
+    for step in range(HOT_UPDATES):
+        for pk in (0, 1 + step % COLD_ROWS):
+            last[str(pk)] += 1
+            v = last[str(pk)]
+            await canal.rows(topic, "users", "UPDATE", [row(pk, v=v)], old=[{"v": str(v - 1)}])
+    await canal.flush()
+    return dict(last)
+
+
+async def _applied_in_order(
+    service: Service, es: AsyncElasticsearch, last: dict[str, int]
+) -> None:
+    await service.rows_done(sum(last.values()), timeout=60)
+
+    for pk, v in last.items():
+        assert await source(es, service.index, pk) == {"v": v}, f"row {pk}"
+    applied: dict[str, list[int]] = defaultdict(list)
+    for line in (service.workdir / "applied.log").read_text().splitlines():
+        pk, v = line.split()
+        applied[pk].append(int(v))
+    for pk, v in last.items():
+        assert applied[pk] == list(range(1, v + 1)), f"row {pk} acknowledged out of order"
+    peak = int((service.workdir / "peak").read_text())
+    assert peak > 1, "the changes never ran concurrently: this test proved nothing"
+
+
+async def test_500_updates_of_one_row_fetched_at_once_end_with_the_last_value(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await esupdater(
+        "SLEEP = 0\n" + ORDER_LOGGING, partitions=PARTITIONS,
+        settings={"worker": {"max_workers": 2000}, "kafka": {"max_poll_records": 5000}},
+    )
+    last = await _produce_interleaved(canal, service.topic)  # all there before the first fetch
+
+    await service.started()
+
+    await _applied_in_order(service, es, last)
+
+
+async def test_handlers_sleeping_at_random_still_apply_each_rows_changes_in_binlog_order(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await esupdater(
+        "SLEEP = 0.005\n" + ORDER_LOGGING, partitions=PARTITIONS,
+        settings={"worker": {"max_workers": 2000}, "kafka": {"max_poll_records": 5000}},
+    )
+    last = await _produce_interleaved(canal, service.topic)
+
+    await service.started()
+
+    await _applied_in_order(service, es, last)
