@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: How long one getmany waits for records before the loop checks for a stop again.
 FETCH_TIMEOUT_MS = 200
+#: Seconds the fetch and commit loops get to end once cancelled at stop.
+CANCEL_TIMEOUT = 5.0
 
 
 class Pipeline:
@@ -82,9 +84,14 @@ class Pipeline:
             if fetching in done:
                 fetching.result()  # a crash of the loop itself is a bug: surface it
         finally:
-            for task in (fetching, committing, stopped):
+            tasks = {fetching, committing, stopped}
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(fetching, committing, stopped, return_exceptions=True)
+            # Bounded: a client call that ignores cancellation must not hold the stop.
+            _, stuck = await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
+            if stuck:
+                log.warning("%s did not stop within %.0fs; going on",
+                            ", ".join(t.get_name() for t in stuck), CANCEL_TIMEOUT)
             log.info("fetching stopped; draining %d row(s) in flight", self.dispatcher.in_flight)
             await self._drain_and_commit()
 
@@ -199,21 +206,31 @@ class Pipeline:
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""
-        async with self._commit_lock:
-            offsets = self.offsets.commit_map()
-            if only is not None:
-                offsets = {tp: o for tp, o in offsets.items() if tp in only}
-            if not offsets:
-                return
-            try:
-                await asyncio.wait_for(self.consumer.commit(offsets), self.commit_timeout)
-            except (KafkaError, TimeoutError) as exc:
-                # A rebalance or a broker restart: the next commit carries the same offsets.
-                log.warning("commit of %s failed, will retry: %r", _fmt(offsets), exc)
-                return
-            self.offsets.mark_committed(offsets)
-            self.stats.commits += 1
-            log.debug("committed %s", _fmt(offsets))
+        try:
+            await asyncio.wait_for(self._commit_lock.acquire(), self.commit_timeout)
+        except TimeoutError:
+            log.warning("an earlier commit is still pending; skipping this one")
+            return
+        try:
+            await self._commit_locked(only)
+        finally:
+            self._commit_lock.release()
+
+    async def _commit_locked(self, only: set[TopicPartition] | None) -> None:
+        offsets = self.offsets.commit_map()
+        if only is not None:
+            offsets = {tp: o for tp, o in offsets.items() if tp in only}
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(self.consumer.commit(offsets), self.commit_timeout)
+        except (KafkaError, TimeoutError) as exc:
+            # A rebalance or a broker restart: the next commit carries the same offsets.
+            log.warning("commit of %s failed, will retry: %r", _fmt(offsets), exc)
+            return
+        self.offsets.mark_committed(offsets)
+        self.stats.commits += 1
+        log.debug("committed %s", _fmt(offsets))
 
     # -- rebalance ---------------------------------------------------------------------------
 
