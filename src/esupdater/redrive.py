@@ -65,7 +65,7 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
         raise ConfigError("redrive needs [dead_letter] topic (ESUPDATER_DEAD_LETTER__TOPIC)")
     report = RedriveReport()
     stats = Stats()
-    backoff = Backoff(settings.bulk.initial_backoff_ms / 1000, settings.bulk.max_backoff_ms / 1000)
+    backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
     es = make_elasticsearch(settings.elasticsearch)
     writer = BulkWriter(es, BulkLimits(max_in_flight=1), backoff)
     producer = make_producer(settings.kafka)

@@ -54,7 +54,7 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
 
 async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) -> None:
     stats = Stats()
-    backoff = Backoff(settings.bulk.initial_backoff_ms / 1000, settings.bulk.max_backoff_ms / 1000)
+    backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
     es = make_elasticsearch(settings.elasticsearch)
     writer = BulkWriter(
         es,
