@@ -60,10 +60,11 @@ async def test_undecodable_records_are_counted_logged_with_their_position_and_sk
 
     async def counted() -> dict[str, object] | None:
         stats = service.stats()
-        return stats if stats and stats.get("decode_errors") == len(BAD) else None
+        done = stats and stats.get("decode_errors") == len(BAD) and stats.get("rows_done") == 20
+        return stats if done else None
 
-    stats = await eventually(counted, timeout=20, what="decode_errors counted", service=service)
-    assert stats["rows_done"] == 20
+    await eventually(counted, timeout=20, what="decode_errors == 3 and rows_done == 20",
+                     service=service)
     assert not service.exited
     log = service.log_since_start()
     for offset in bad_offsets:
