@@ -372,6 +372,26 @@ async def committed_and_end(
     return result
 
 
+async def read_records(bootstrap: str, topic: str, count: int, *,
+                       service: Service | None = None) -> list[Any]:
+    """The first `count` records of `topic` (a dead-letter topic, say), read from the start."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        async def enough() -> bool:
+            batch = await consumer.getmany(timeout_ms=500)
+            got.extend(r for records in batch.values() for r in records)
+            return len(got) >= count
+
+        await eventually(enough, timeout=30, what=f"{count} records in {topic}",
+                         service=service)
+    finally:
+        await consumer.stop()
+    return got
+
+
 class CanalProducer:
     """Produces Canal records as Canal's Kafka producer would, keyed by primary key."""
 

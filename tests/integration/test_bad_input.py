@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-from aiokafka import AIOKafkaConsumer
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.canal import flat_message
@@ -14,6 +13,7 @@ from tests.integration.service_harness import (
     CanalProducer,
     ServiceFactory,
     eventually,
+    read_records,
     row,
     settled,
     wait_count,
@@ -89,19 +89,7 @@ async def test_undecodable_records_go_to_the_dead_letter_topic_with_reason_and_p
     await service.started()
     await wait_count(es, service.index, 20, service=service)
 
-    consumer = AIOKafkaConsumer(dead_letters, bootstrap_servers=kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    got = []
-    try:
-        async def all_there() -> bool:
-            batch = await consumer.getmany(timeout_ms=500)
-            got.extend(r for records in batch.values() for r in records)
-            return len(got) >= len(BAD)
-
-        await eventually(all_there, timeout=30, what="dead letters produced", service=service)
-    finally:
-        await consumer.stop()
+    got = await read_records(kafka_bootstrap, dead_letters, len(BAD), service=service)
     assert [r.value for r in got] == list(BAD)  # the original bytes, in order
     for record, offset in zip(got, bad_offsets, strict=True):
         headers = {k: v.decode() for k, v in record.headers}

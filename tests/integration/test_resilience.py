@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer
 from elasticsearch import AsyncElasticsearch
 
 from tests.integration.conftest import TopicFactory
@@ -14,6 +13,7 @@ from tests.integration.service_harness import (
     TcpProxy,
     doc_count,
     eventually,
+    read_records,
     row,
     source,
     wait_count,
@@ -37,23 +37,6 @@ async def sync_user(change, ctx):
 """
 
 
-async def _read_all(bootstrap: str, topic: str, count: int) -> list[object]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    got: list[object] = []
-    try:
-        async def enough() -> bool:
-            batch = await consumer.getmany(timeout_ms=500)
-            got.extend(r for records in batch.values() for r in records)
-            return len(got) >= count
-
-        await eventually(enough, timeout=30, what=f"{count} records in {topic}")
-    finally:
-        await consumer.stop()
-    return got
-
-
 async def test_a_handler_that_keeps_raising_is_retried_then_dead_lettered_and_the_stream_goes_on(
     esupdater: ServiceFactory,
     canal: CanalProducer,
@@ -73,7 +56,7 @@ async def test_a_handler_that_keeps_raising_is_retried_then_dead_lettered_and_th
     await service.started()
     await wait_count(es, service.index, 2, service=service)
 
-    (letter,) = await _read_all(kafka_bootstrap, dead_letters, 1)
+    (letter,) = await read_records(kafka_bootstrap, dead_letters, 1)
     headers = {k: v.decode() for k, v in letter.headers}  # type: ignore[attr-defined]
     assert headers["esupdater.source_offset"] == str(boom.offset)
     assert headers["esupdater.handler"] == "itest_handlers:sync_user"
