@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from esupdater import __version__
+from esupdater import __version__, main_loop
 from esupdater.errors import ConfigError, EsupdaterError
 from esupdater.logs import setup_logging
 from esupdater.routing import default_registry, load_handlers
@@ -72,7 +71,7 @@ def run(settings: SettingsOption = None) -> None:
     config = _settings(settings)
     setup_logging(config.log.level, config.log.format)
     try:
-        uvloop.run(serve(config))
+        main_loop.run(serve(config))
     except ConfigError as exc:
         err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -180,7 +179,7 @@ def redrive(
     setup_logging(config.log.level, config.log.format)
     try:
         load_handlers(config.handlers.package, default_registry)
-        report = uvloop.run(run_redrive(config, default_registry, limit))
+        report = main_loop.run(run_redrive(config, default_registry, limit))
     except EsupdaterError as exc:
         err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

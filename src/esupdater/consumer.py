@@ -207,7 +207,10 @@ class Pipeline:
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""
         try:
-            await asyncio.wait_for(self._commit_lock.acquire(), self.commit_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that arrives as its inner call finishes, and a stop would then never end.
+            async with asyncio.timeout(self.commit_timeout):
+                await self._commit_lock.acquire()
         except TimeoutError:
             log.warning("an earlier commit is still pending; skipping this one")
             return
@@ -223,7 +226,8 @@ class Pipeline:
         if not offsets:
             return
         try:
-            await asyncio.wait_for(self.consumer.commit(offsets), self.commit_timeout)
+            async with asyncio.timeout(self.commit_timeout):
+                await self.consumer.commit(offsets)
         except (KafkaError, TimeoutError) as exc:
             # A rebalance or a broker restart: the next commit carries the same offsets.
             log.warning("commit of %s failed, will retry: %r", _fmt(offsets), exc)

@@ -120,7 +120,8 @@ CLOSE_TIMEOUT = 10.0
 
 async def _bounded(closing: Awaitable[None], what: str) -> None:
     try:
-        await asyncio.wait_for(closing, CLOSE_TIMEOUT)
+        async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: see Pipeline.commit
+            await closing
     except TimeoutError:
         log.warning("%s did not close within %.0fs; exiting anyway", what, CLOSE_TIMEOUT)
 
@@ -139,7 +140,8 @@ async def _start_retrying(
             attempt += 1
             log.warning("%s cannot start (%r); retrying in %.1fs", what, exc, delay)
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
 
 
 async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:

@@ -1,0 +1,46 @@
+"""Stopping the commit loop: a cancel is never lost, whatever step the loop is at."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from esupdater.backoff import Backoff
+from esupdater.consumer import Pipeline
+from esupdater.routing import Registry
+from esupdater.stats import Stats
+
+
+class InstantConsumer:
+    """Commits at once: the case where a cancel lands just as the call finishes."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits += 1
+
+
+def _pipeline(consumer: Any) -> Pipeline:
+    pipeline = Pipeline(
+        consumer, ["t"], Registry(), runner=None, set_aside=None, stats=Stats(),  # type: ignore[arg-type]
+        max_workers=1, commit_interval=0, drain_timeout=1.0, backoff=Backoff.from_ms(1, 1),
+    )
+    tp = TopicPartition("t", 0)
+    pipeline.offsets.track(tp, 0, 1)
+    pipeline.offsets.row_done(tp, 0)
+    return pipeline
+
+
+async def test_a_cancel_at_any_step_of_the_commit_loop_ends_it() -> None:
+    for steps in range(30):
+        consumer = InstantConsumer()
+        loop_task = asyncio.create_task(_pipeline(consumer)._commit_loop())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        loop_task.cancel()
+        done, _ = await asyncio.wait({loop_task}, timeout=1.0)
+        assert done, f"commit loop ignored a cancel after {steps} loop step(s)"
+        assert loop_task.cancelled()
