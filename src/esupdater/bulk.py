@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Item statuses worth retrying: Elasticsearch is busy or briefly unavailable.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Version types with which a 409 means "the document already holds a newer change".
+EXTERNAL_VERSION_TYPES = frozenset({"external", "external_gt", "external_gte"})
 
 Action = dict[str, Any]
 
@@ -81,6 +83,8 @@ class BulkWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self.requests = 0
         self.transient_failures = 0
+        # Versioned writes Elasticsearch did not apply because the document was newer.
+        self.stale_writes = 0
 
     async def start(self) -> None:
         self._tasks = [
@@ -140,8 +144,13 @@ class BulkWriter:
                     max_retries=0,  # retries happen per item in execute(), in order
                 ):
                     action, future = feed.sent.popleft()
+                    stale = not ok and is_stale(action, info)
+                    if stale:
+                        # Counted even when its caller is gone: that is the late write of
+                        # a revoked partition, which the version kept out.
+                        self.stale_writes += 1
                     if not future.done():
-                        _resolve(future, action, ok, info)
+                        _resolve(future, action, ok or stale, info)
             except SerializationError:
                 self._fail_unserializable(list(feed.sent))
             except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
@@ -214,11 +223,26 @@ class _LaneFeed:
             yield BULK_FLUSH  # send now: what was waiting is all there is
 
 
+def is_stale(action: Action, info: Mapping[str, Any]) -> bool:
+    """An external-versioned write refused because the document holds a newer version."""
+    if action.get("version_type") not in EXTERNAL_VERSION_TYPES:
+        return False
+    item = next(iter(info.values()))
+    error = item.get("error")
+    return (
+        item.get("status") == 409
+        and isinstance(error, Mapping)
+        and error.get("type") == "version_conflict_engine_exception"
+    )
+
+
 def _resolve(
     future: asyncio.Future[dict[str, Any]], action: Action, ok: bool, info: Mapping[str, Any]
 ) -> None:
     op_type, item = next(iter(info.items()))
     if ok:
+        if item.get("status") == 409:
+            item = {**item, "result": "stale"}
         future.set_result(item)
         return
     status = item.get("status")

@@ -11,6 +11,8 @@ ROW_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
 
 #: Composite primary keys are joined with this to form `Change.pk`.
 PK_SEPARATOR = ":"
+#: `Change.version` = offset * VERSION_ROWS_PER_RECORD + row_index.
+VERSION_ROWS_PER_RECORD = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,22 @@ class Change:
     @property
     def offset(self) -> int:
         return self.position.offset
+
+    @property
+    def version(self) -> int:
+        """A number that grows with binlog order within this partition, for versioned writes.
+
+        `ctx.index(..., version=change.version)` makes Elasticsearch refuse a write older than
+        what the document holds (a late request from a previous owner of the partition after
+        a rebalance). Comparable only between changes of one topic partition: use it for
+        documents written from one table whose rows Canal partitions by primary key.
+        """
+        if self.row_index >= VERSION_ROWS_PER_RECORD:
+            raise ValueError(
+                f"{self.position}: row {self.row_index} is past {VERSION_ROWS_PER_RECORD} rows "
+                "per record; Change.version cannot order it"
+            )
+        return self.position.offset * VERSION_ROWS_PER_RECORD + self.row_index
 
     @property
     def is_insert(self) -> bool:

@@ -135,7 +135,8 @@ def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("in flight", str(stats.get("in_flight", 0))),
         ("lag", f"{sum(lag.values())} ({', '.join(f'{k}={v}' for k, v in lag.items()) or '-'})"),
     ]
-    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered", "unrouted"):
+    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered", "unrouted",
+                "es_retries", "stale_writes"):
         rows.append((key.replace("_", " "), str(stats.get(key, 0))))
     return rows
 

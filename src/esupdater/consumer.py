@@ -25,8 +25,19 @@ log = logging.getLogger(__name__)
 
 #: How long one getmany waits for records before the loop checks for a stop again.
 FETCH_TIMEOUT_MS = 200
-#: Seconds the fetch and commit loops get to end once cancelled at stop.
+#: Seconds the fetch and commit loops, or cancelled rows, get to end once cancelled.
 CANCEL_TIMEOUT = 5.0
+#: Seconds a commit may take at least (it is bounded by the drain timeout otherwise).
+MIN_COMMIT_TIMEOUT = 5.0
+
+
+def rebalance_timeout_ms(drain_timeout: float) -> int:
+    """How long the group waits for this member during a rebalance: its revocation drain,
+    the cancel of what did not finish, the commit, and a margin. aiokafka's default (the
+    session timeout) is shorter than a drain, and a member still draining would be evicted
+    and its partitions handed over while it writes."""
+    commit_timeout = max(drain_timeout, MIN_COMMIT_TIMEOUT)
+    return int((drain_timeout + CANCEL_TIMEOUT + commit_timeout + 10.0) * 1000)
 
 
 class Pipeline:
@@ -62,7 +73,7 @@ class Pipeline:
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
         # aiokafka retries a commit while the broker is away; we would rather retry later.
-        self.commit_timeout = max(drain_timeout, 5.0)
+        self.commit_timeout = max(drain_timeout, MIN_COMMIT_TIMEOUT)
         self.tinyint1_as_bool = tinyint1_as_bool
         self._assigned: set[TopicPartition] = set()
         self._commit_lock = asyncio.Lock()
@@ -239,17 +250,28 @@ class Pipeline:
     # -- rebalance ---------------------------------------------------------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Faust's order: stop feeding them, drain their in-flight rows, commit, forget."""
+        """Faust's order: stop feeding them, drain their in-flight rows, commit, forget.
+
+        All revoked partitions drain together under one `drain_timeout`; the group waits
+        for it (see `rebalance_timeout_ms`), so this member is not evicted meanwhile.
+        """
         self._assigned -= revoked
-        for tp in revoked:
-            # A held partition is blocked for good: no point waiting for it.
-            timeout = 0.0 if tp in self._held else self.drain_timeout
-            if not await self.dispatcher.drain(tp, timeout=timeout):
-                # The new owner replays them; cancel so we cannot write after it does.
-                cancelled = self.dispatcher.cancel_group(tp)
+        # A held partition is blocked for good: no point waiting for it.
+        draining = [tp for tp in revoked if tp not in self._held]
+        drained = await asyncio.gather(
+            *(self.dispatcher.drain(tp, timeout=self.drain_timeout) for tp in draining)
+        )
+        unfinished = [tp for tp, done in zip(draining, drained, strict=True) if not done]
+        unfinished += [tp for tp in revoked if tp in self._held]
+        for tp in unfinished:
+            # The new owner replays them; cancel so we cannot write after it does.
+            cancelled = self.dispatcher.cancel_group(tp)
+            if cancelled:
                 log.warning("%s/%d revoked with %d row(s) unfinished: cancelled, left "
                             "uncommitted", tp.topic, tp.partition, cancelled)
-                await self.dispatcher.drain(tp, timeout=self.drain_timeout)
+        await asyncio.gather(
+            *(self.dispatcher.drain(tp, timeout=CANCEL_TIMEOUT) for tp in unfinished)
+        )
         await self.commit(only=revoked)
         self.offsets.forget(revoked)
         for tp in revoked:

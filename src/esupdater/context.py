@@ -46,17 +46,25 @@ class Context:
         return self._log
 
     async def index(
-        self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any
+        self, *, index: str, id: str, doc: Mapping[str, Any], version: int | None = None,
+        **meta: Any,
     ) -> dict[str, Any]:
-        """Create or replace the whole document."""
+        """Create or replace the whole document.
+
+        With `version` (usually `change.version`) the write is external-versioned: one older
+        than the stored document is not applied and returns the item with `"result":
+        "stale"` instead of raising.
+        """
         return await self.sink.execute(
-            {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}
+            _versioned({"_op_type": "index", "_index": index, "_id": id, "_source": doc,
+                        **meta}, version)
         )
 
     async def upsert(
         self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any
     ) -> dict[str, Any]:
         """Merge `doc` into the document, creating it when missing (doc_as_upsert)."""
+        _refuse_version("upsert", meta)
         return await self.sink.execute(
             {
                 "_op_type": "update", "_index": index, "_id": id,
@@ -68,13 +76,21 @@ class Context:
         self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any
     ) -> dict[str, Any]:
         """Merge `doc` into an existing document; a missing one is an error."""
+        _refuse_version("update", meta)
         return await self.sink.execute(
             {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
         )
 
-    async def delete(self, *, index: str, id: str, **meta: Any) -> dict[str, Any]:
-        """Delete the document; deleting one that is not there is not an error."""
-        return await self.sink.execute({"_op_type": "delete", "_index": index, "_id": id, **meta})
+    async def delete(
+        self, *, index: str, id: str, version: int | None = None, **meta: Any
+    ) -> dict[str, Any]:
+        """Delete the document; deleting one that is not there is not an error.
+
+        `version` as for `index`: a delete older than the stored document is not applied.
+        """
+        return await self.sink.execute(
+            _versioned({"_op_type": "delete", "_index": index, "_id": id, **meta}, version)
+        )
 
     async def bulk(self, actions: Iterable[Action]) -> list[dict[str, Any]]:
         """Several raw bulk actions (helpers' format: `_op_type`, `_index`, `_id`, ...).
@@ -89,3 +105,18 @@ class Context:
             if isinstance(result, BaseException):
                 raise result
         return [r for r in results if not isinstance(r, BaseException)]
+
+
+def _versioned(action: Action, version: int | None) -> Action:
+    if version is not None:
+        action["version"] = version
+        action.setdefault("version_type", "external")
+    return action
+
+
+def _refuse_version(what: str, meta: Mapping[str, Any]) -> None:
+    if "version" in meta or "version_type" in meta:
+        raise TypeError(
+            f"ctx.{what} cannot be versioned (Elasticsearch's update API refuses external "
+            "versions): send the whole row with ctx.index(..., version=change.version)"
+        )

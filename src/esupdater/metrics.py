@@ -23,6 +23,9 @@ COUNTERS = {
     "rejected": "Actions Elasticsearch refused for good",
     "dead_lettered": "Records or rows set aside",
     "commits": "Offset commits",
+    "bulk_requests": "Bulk requests sent to Elasticsearch",
+    "es_retries": "Bulk items retried after a transient Elasticsearch failure",
+    "stale_writes": "Versioned writes not applied: the document already held a newer change",
 }
 
 

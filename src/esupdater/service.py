@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.clients import make_consumer, make_elasticsearch, make_producer
-from esupdater.consumer import Pipeline
+from esupdater.consumer import Pipeline, rebalance_timeout_ms
 from esupdater.deadletter import BlockOnFailure, DeadLetterTopic, SetAside
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner
@@ -73,7 +73,10 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         writer, es, stats, set_aside,
         max_attempts=settings.dead_letter.max_attempts, backoff=backoff,
     )
-    consumer = make_consumer(settings.kafka)
+    consumer = make_consumer(
+        settings.kafka,
+        rebalance_timeout_ms=rebalance_timeout_ms(settings.runtime.drain_timeout_seconds),
+    )
     pipeline = Pipeline(
         consumer, list(settings.kafka.topics), registry, runner, set_aside, stats,
         max_workers=settings.worker.max_workers,
@@ -98,7 +101,7 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
         watchers = [
             asyncio.create_task(_watch_status(settings, stop), name="status-watch"),
-            asyncio.create_task(_report(settings, pipeline, stats, stop), name="stats"),
+            asyncio.create_task(_report(settings, pipeline, writer, stats, stop), name="stats"),
         ]
         await pipeline.run(stop)
     finally:
@@ -176,13 +179,16 @@ async def _watch_status(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def _report(
-    settings: Settings, pipeline: Pipeline, stats: Stats, stop: asyncio.Event
+    settings: Settings, pipeline: Pipeline, writer: BulkWriter, stats: Stats, stop: asyncio.Event
 ) -> None:
     """Writes the stats file `esupdater status` reads: pid, uptime, rows/s, lag, errors."""
     while not stop.is_set():
         await asyncio.sleep(settings.runtime.stats_interval_seconds)
         stats.lag = pipeline.lag()
         stats.in_flight = pipeline.dispatcher.in_flight
+        stats.bulk_requests = writer.requests
+        stats.es_retries = writer.transient_failures
+        stats.stale_writes = writer.stale_writes
         snapshot = stats.snapshot()
         snapshot.update(
             pid=os.getpid(),

@@ -23,6 +23,10 @@ class Stats:
     rejected: int = 0
     dead_lettered: int = 0
     commits: int = 0
+    # Copied from the bulk writer by the service's reporter every stats interval.
+    bulk_requests: int = 0
+    es_retries: int = 0
+    stale_writes: int = 0
     # Gauges, refreshed by the service's reporter every stats interval.
     lag: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0

@@ -46,6 +46,9 @@ class MemorySink:
         self.documents: dict[str, dict[str, Document]] = {}
         self.actions: list[Action] = []
         self._versions: dict[tuple[str, str], int] = {}
+        # External versions of versioned writes; kept after a delete, like Elasticsearch's
+        # tombstones (for index.gc_deletes, 60 s by default).
+        self._external: dict[tuple[str, str], int] = {}
 
     def get(self, index: str, id: str) -> Document | None:
         """The document's source, or None when it does not exist."""
@@ -59,6 +62,10 @@ class MemorySink:
         if not isinstance(index, str) or not index:
             raise ValueError(f"bulk action without an _index: {action!r}")
         doc_id = action.get("_id")
+        if "version_type" in action and doc_id is not None:
+            stale = self._stale(op_type, index, str(doc_id), action)
+            if stale is not None:
+                return stale
         if op_type in ("index", "create"):
             return self._write(op_type, index, doc_id, _source_of(action))
         if doc_id is None:
@@ -115,6 +122,28 @@ class MemorySink:
         del documents[doc_id]
         self._versions[(index, doc_id)] += 1
         return self._item(index, doc_id, "deleted", status=200)
+
+    def _stale(
+        self, op_type: str, index: str, doc_id: str, action: Action
+    ) -> dict[str, Any] | None:
+        """Elasticsearch's external versioning: a write not newer than the stored one is
+        refused; `Context` hands it back as `"result": "stale"`, so this does too."""
+        version, version_type = action.get("version"), action["version_type"]
+        if op_type not in ("index", "delete") or not isinstance(version, int):
+            raise ValueError(f"{op_type} {index}/{doc_id}: version_type needs an int version "
+                             "and an index or delete action")
+        key = (index, doc_id)
+        current = self._external.get(key)
+        if current is None:
+            newer = True
+        elif version_type == "external_gte":
+            newer = version >= current
+        else:
+            newer = version > current
+        if newer:
+            self._external[key] = version
+            return None
+        return {"_index": index, "_id": doc_id, "result": "stale", "status": 409}
 
     def _store(self, index: str, doc_id: str, source: Document) -> None:
         self.documents.setdefault(index, {})[doc_id] = source

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, NotFoundError
 
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
@@ -15,6 +16,7 @@ from esupdater.errors import BulkItemError
 from esupdater.settings import ElasticsearchSettings
 from tests.integration.conftest import ELASTICSEARCH
 from tests.integration.service_harness import TcpProxy
+from tests.versioning_scenario import run_versioning_scenario
 
 
 @pytest.fixture
@@ -141,3 +143,20 @@ async def test_a_write_cancelled_while_queued_is_never_sent(
         await bulk.close()
         await client.close()
         await es.indices.delete(index=unique_name, ignore_unavailable=True)
+
+
+async def test_versioned_writes_older_than_the_document_are_not_applied(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    async def get(doc_id: str) -> dict[str, Any] | None:
+        try:
+            found = await es.get(index=unique_name, id=doc_id)
+        except NotFoundError:
+            return None
+        source: dict[str, Any] = found["_source"]
+        return source
+
+    await run_versioning_scenario(writer, unique_name, get)
+
+    assert writer.stale_writes == 4  # each refusal counted, none raised
+    await es.indices.delete(index=unique_name)

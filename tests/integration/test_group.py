@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from elasticsearch import AsyncElasticsearch
 
 from tests.integration.service_harness import (
     CanalProducer,
     ServiceFactory,
+    TcpProxy,
     doc_count,
     eventually,
     row,
@@ -92,3 +94,79 @@ async def test_a_member_killed_mid_stream_and_restarted_leaves_the_right_final_s
         stopped = await member.stop()
         assert stopped.returncode == 0, stopped
     assert await second.lag() == dict.fromkeys(range(PARTITIONS), 0)
+
+
+VERSIONED = """
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
+"""
+
+
+async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owners(
+    esupdater: ServiceFactory,
+    canal: CanalProducer,
+    es: AsyncElasticsearch,
+    es_proxy: TcpProxy,
+    es_url: str,
+) -> None:
+    """The old owner's requests hang in Elasticsearch's socket past its drain timeout and
+    land after the new owner has written newer values: `change.version` keeps them out."""
+    rows = 4 * PARTITIONS
+    first = await (
+        await esupdater(VERSIONED, partitions=PARTITIONS, settings={
+            "elasticsearch": {"hosts": [es_proxy.url], "request_timeout": 120},
+            "bulk": {"max_in_flight": 32},  # nearly every row's write on the wire at once
+            # Longer than the 6 s session timeout: the group must wait for this drain
+            # rather than evict the member (it would then hand partitions over mid-write).
+            "runtime": {"drain_timeout_seconds": 8.0},
+        })
+    ).started()
+
+    async def produce(v: int) -> None:
+        for i in range(rows):
+            await canal.rows(first.topic, "users", "UPDATE", [row(i, v=v)],
+                             partition=i % PARTITIONS)
+        await canal.flush()
+
+    async def at(v: int, ids: list[int]) -> bool:
+        query = {"bool": {"filter": [{"term": {"v": v}},
+                                     {"terms": {"id": [str(i) for i in ids]}}]}}
+        return await doc_count(es, first.index, query) == len(ids)
+
+    await produce(0)
+    await eventually(lambda: at(0, list(range(rows))), timeout=30, what="v=0 indexed")
+
+    es_proxy.stall()  # the first member's Elasticsearch stops answering
+    await produce(1)
+
+    async def stuck() -> bool:
+        return int((first.stats() or {}).get("in_flight", 0)) == rows
+
+    await eventually(stuck, timeout=30, what="every v=1 row in flight", service=first)
+    await asyncio.sleep(0.5)  # the lanes send what they hold
+
+    second = await esupdater(VERSIONED, joining=first,
+                             settings={"elasticsearch": {"hosts": [es_url]}})
+    await second.started()  # the first gives partitions up after its drain timeout
+    moved = {int(p) for p in re.findall(rf"{first.topic}/(\d+)", second.log_since_start())}
+    assert 0 < len(moved) < PARTITIONS, second.log_since_start()  # the first kept some
+    moved_rows = [i for i in range(rows) if i % PARTITIONS in moved]
+
+    await produce(2)
+    await eventually(lambda: at(2, moved_rows), timeout=30, what="the new owner's v=2",
+                     service=second)
+
+    es_proxy.flow()  # the old owner's v=1 requests reach Elasticsearch now
+
+    async def refused() -> int:
+        return int((first.stats() or {}).get("stale_writes", 0))
+
+    await eventually(refused, timeout=60, what="the late writes refused", service=first)
+    await eventually(lambda: at(2, list(range(rows))), timeout=60, what="every row at v=2",
+                     service=first)
+    await asyncio.sleep(1.0)  # nothing else arrives late
+    assert await at(2, list(range(rows)))
+    assert "unfinished: cancelled, left uncommitted" in first.log()

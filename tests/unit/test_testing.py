@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from esupdater import BulkItemError, Change, Context, Registry
 from esupdater.canal import flat_message
 from esupdater.testing import MemorySink, apply, changes_from_canal, make_change
+from tests.versioning_scenario import run_versioning_scenario
 
 
 async def test_index_creates_then_replaces_the_whole_document() -> None:
@@ -234,3 +236,36 @@ async def test_ddl_reaches_only_handlers_that_ask_for_it() -> None:
     registry.add("shop.*", schema, types={"DDL"})
     await apply(make_change("shop", "users", "ALTER", sql="ALTER TABLE users"), registry=registry)
     assert seen == ["ALTER TABLE users"]
+
+
+async def test_versioned_writes_are_fenced_like_elasticsearch_fences_them() -> None:
+    sink = MemorySink()
+
+    async def get(doc_id: str) -> dict[str, Any] | None:
+        return sink.get("users", doc_id)
+
+    await run_versioning_scenario(sink, "users", get)
+
+
+async def test_partial_updates_cannot_be_versioned() -> None:
+    ctx = Context(MemorySink(), None, make_change("shop", "users", row={"id": 1}))
+    with pytest.raises(TypeError, match=r"ctx.index\(\.\.\., version=change.version\)"):
+        await ctx.upsert(index="u", id="1", doc={"a": 1}, version=ctx.change.version)
+    with pytest.raises(TypeError, match="update API refuses external versions"):
+        await ctx.update(index="u", id="1", doc={"a": 1}, version_type="external", version=1)
+
+
+def test_change_version_grows_with_offset_then_row_index() -> None:
+    versions = [
+        make_change("shop", "users", offset=offset, row_index=row).version
+        for offset, row in [(0, 0), (0, 1), (0, 999_999), (1, 0), (2, 5), (10**12, 0)]
+    ]
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)
+    assert versions[-1] < 2**63  # Elasticsearch's version is a signed long
+
+
+def test_change_version_refuses_a_row_index_it_cannot_order() -> None:
+    change = make_change("shop", "users", offset=7, row_index=1 << 20)
+    with pytest.raises(ValueError, match=r"test/0@7: row 1048576"):
+        _ = change.version

@@ -1,4 +1,4 @@
-"""Stopping the commit loop: a cancel is never lost, whatever step the loop is at."""
+"""Pipeline logic without servers: the commit loop always stops; rebalance timing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from esupdater.backoff import Backoff
-from esupdater.consumer import Pipeline
+from esupdater.consumer import CANCEL_TIMEOUT, Pipeline, rebalance_timeout_ms
 from esupdater.routing import Registry
 from esupdater.stats import Stats
 
@@ -44,3 +44,10 @@ async def test_a_cancel_at_any_step_of_the_commit_loop_ends_it() -> None:
         done, _ = await asyncio.wait({loop_task}, timeout=1.0)
         assert done, f"commit loop ignored a cancel after {steps} loop step(s)"
         assert loop_task.cancelled()
+
+
+def test_the_group_waits_for_a_whole_revocation_drain_before_evicting() -> None:
+    for drain in (1.0, 20.0, 300.0):
+        waited = rebalance_timeout_ms(drain) / 1000
+        # drain, then cancelling what did not finish, then a commit bounded like the drain
+        assert waited > drain + CANCEL_TIMEOUT + max(drain, 5.0)
