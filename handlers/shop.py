@@ -31,8 +31,15 @@ async def sync_user(change: Change, ctx: Context) -> None:
 
 @on("shop.orders_*")
 async def sync_order(change: Change, ctx: Context) -> None:
-    """Orders live in four shard tables; their ids are unique across shards."""
+    """Orders live in four shard tables; their ids are unique across shards.
+
+    Whole rows, versioned by binlog order: a late write (a previous owner's, after a
+    rebalance) can never replace a newer one. See "Versioned writes" in the README.
+    """
     if change.is_delete:
-        await ctx.delete(index=ORDERS_INDEX, id=change.pk)
+        await ctx.delete(index=ORDERS_INDEX, id=change.pk, version=change.version)
         return
-    await ctx.index(index=ORDERS_INDEX, id=change.pk, doc={**change.row, "shard": change.table})
+    await ctx.index(
+        index=ORDERS_INDEX, id=change.pk, doc={**change.row, "shard": change.table},
+        version=change.version,
+    )

@@ -10,6 +10,7 @@ the sink behind it keeps documents in a dict instead of sending them to Elastics
 from __future__ import annotations
 
 import copy
+import itertools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -33,6 +34,9 @@ _SERIALIZER = OrjsonSerializer()
 
 Document = dict[str, Any]
 
+
+#: The offsets `make_change` and `changes_from_canal` hand out when none is given.
+_offsets = itertools.count()
 
 class MemorySink:
     """A `BulkSink` that applies actions to dicts the way Elasticsearch applies them.
@@ -200,7 +204,7 @@ def make_change(
     executed_at: datetime | None = None,
     topic: str = "test",
     partition: int = 0,
-    offset: int = 0,
+    offset: int | None = None,
     row_index: int = 0,
 ) -> Change:
     """One Change as the decoder would build it, from typed Python values.
@@ -208,6 +212,8 @@ def make_change(
     `row` is the after-image (the before-image for DELETE), `old` the previous values of the
     changed columns (UPDATE); `raw` gets Canal's strings of `row`. A type other than
     INSERT/UPDATE/DELETE makes a DDL change carrying `sql`. `executed_at` defaults to now.
+    `offset` defaults to the next one: changes made later come later, as in the binlog, so
+    `change.version` grows as it would in production.
     """
     kind = type.upper()
     values = dict(row or {})
@@ -221,7 +227,7 @@ def make_change(
         raw={name: canal_text(value) for name, value in values.items()},
         executed_at=datetime.now(UTC) if executed_at is None else executed_at,
         sql=sql,
-        position=Position(topic, partition, offset),
+        position=Position(topic, partition, next(_offsets) if offset is None else offset),
         row_index=row_index,
         is_ddl=kind not in ROW_TYPES,
         changed=frozenset(old or ()),
@@ -247,12 +253,15 @@ def changes_from_canal(
     value: bytes,
     topic: str = "test",
     partition: int = 0,
-    offset: int = 0,
+    offset: int | None = None,
     *,
     tinyint1_as_bool: bool = False,
 ) -> list[Change]:
-    """The Changes `esupdater run` would make of one Kafka record (flat JSON or protobuf)."""
-    position = Position(topic, partition, offset)
+    """The Changes `esupdater run` would make of one Kafka record (flat JSON or protobuf).
+
+    `offset` defaults to the next one, as for `make_change`.
+    """
+    position = Position(topic, partition, next(_offsets) if offset is None else offset)
     return decode_record(value, position, tinyint1_as_bool=tinyint1_as_bool)
 
 

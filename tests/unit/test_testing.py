@@ -269,3 +269,24 @@ def test_change_version_refuses_a_row_index_it_cannot_order() -> None:
     change = make_change("shop", "users", offset=7, row_index=1 << 20)
     with pytest.raises(ValueError, match=r"test/0@7: row 1048576"):
         _ = change.version
+
+
+async def test_changes_made_one_after_another_are_newer_for_versioned_writes() -> None:
+    registry = Registry()
+
+    @registry.on("shop.users")
+    async def versioned(change: Change, ctx: Context) -> None:
+        await ctx.index(index="u", id=change.pk, doc=change.row, version=change.version)
+
+    value = flat_message("shop", "users", "UPDATE", [{"id": "1", "v": "3"}],
+                         mysql_types={"id": "int", "v": "int"})
+    sink = await apply(
+        [make_change("shop", "users", "INSERT", {"id": 1, "v": 1}),
+         make_change("shop", "users", "UPDATE", {"id": 1, "v": 2}),
+         *changes_from_canal(value)],
+        registry=registry,
+    )
+    assert sink.get("u", "1") == {"id": 1, "v": 3}
+    stale = await apply(make_change("shop", "users", "UPDATE", {"id": 1, "v": 0}, offset=0),
+                        registry=registry, sink=sink)
+    assert stale.get("u", "1") == {"id": 1, "v": 3}  # an old offset: refused, as ES would
