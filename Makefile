@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-up:  ## start Kafka and Elasticsearch on 127.0.0.1 (idempotent; waits until healthy)
+up:  ## start Kafka, Elasticsearch, MariaDB and Canal on 127.0.0.1 (idempotent; waits until healthy)
 	stack/stack.sh up
 
 down:  ## stop the local stack; leaves no process behind

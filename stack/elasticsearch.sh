@@ -79,16 +79,14 @@ es_healthy() {
 }
 
 es_up() {
-  if pid_alive "$ES_PID"; then
-    log "Elasticsearch already running (pid $(cat "$ES_PID")) on $ES_URL"
-    return 0
-  fi
-  port_open "$ES_PORT" && die "127.0.0.1:$ES_PORT is taken by another process; stop it first"
+  already_up Elasticsearch "$ES_PID" "$ES_URL" "$ES_PORT" && return 0
   es_fetch
   es_user_setup
   es_state_setup
   log "starting Elasticsearch $ES_VERSION"
-  as_es_user env ES_JAVA_HOME="$JAVA_HOME" ES_PATH_CONF="$ES_STATE/config" \
+  # Its own session, like the other servers: a server (re)started from inside a test run
+  # must not end with that run's process group. --wait keeps the launcher's exit status.
+  as_es_user setsid --wait env ES_JAVA_HOME="$JAVA_HOME" ES_PATH_CONF="$ES_STATE/config" \
     ES_JAVA_OPTS="-Xms1g -Xmx1g" "$ES_HOME/bin/elasticsearch" -d -p "$ES_PID" \
     > "$STACK_LOGS/elasticsearch.out" 2>&1 \
     || die "Elasticsearch failed to start: see $STACK_LOGS/elasticsearch.out and $ES_STATE/logs"

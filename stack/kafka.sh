@@ -75,11 +75,7 @@ kafka_healthy() {
 }
 
 kafka_up() {
-  if pid_alive "$KAFKA_PID"; then
-    log "Kafka already running (pid $(cat "$KAFKA_PID")) on 127.0.0.1:$KAFKA_PORT"
-    return 0
-  fi
-  port_open "$KAFKA_PORT" && die "127.0.0.1:$KAFKA_PORT is taken by another process; stop it first"
+  already_up Kafka "$KAFKA_PID" "127.0.0.1:$KAFKA_PORT" "$KAFKA_PORT" && return 0
   kafka_fetch
   kafka_configure
   if [ ! -f "$KAFKA_STATE/data/meta.properties" ]; then

@@ -16,6 +16,14 @@ ES_PORT=9200
 ES_TRANSPORT_PORT=9300
 # Elasticsearch refuses to run as root; when we are root it runs as this system user.
 ES_USER=${ESUPDATER_ES_USER:-esupdater-es}
+MARIADB_PORT=3306
+# The database Canal watches, and the accounts (loopback-only test infrastructure, so the
+# passwords are plain here; the integration tests use the same defaults).
+MARIADB_DATABASE=shop
+MARIADB_TEST_USER=esupdater
+MARIADB_TEST_PASSWORD=esupdater
+CANAL_DB_USER=canal
+CANAL_DB_PASSWORD=canal
 
 if [ -z "${JAVA_HOME:-}" ]; then
   for candidate in /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-17-openjdk-arm64; do
@@ -36,6 +44,20 @@ pid_alive() {
 # port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
 port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# already_up NAME PIDFILE WHERE [PORT]: true (saying so) when our server of that pidfile runs;
+# dies when another process holds PORT, which the server could not bind.
+already_up() {
+  local name=$1 file=$2 where=$3 port=${4:-}
+  if pid_alive "$file"; then
+    log "$name already running (pid $(cat "$file"))${where:+ on $where}"
+    return 0
+  fi
+  if [ -n "$port" ] && port_open "$port"; then
+    die "127.0.0.1:$port is taken by another process; stop it first"
+  fi
+  return 1
 }
 
 # stop_pidfile NAME FILE: TERM, wait up to 60 s, then KILL; removes FILE.

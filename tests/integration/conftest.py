@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlparse
 
+import pymysql
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
@@ -18,7 +19,14 @@ from elasticsearch import AsyncElasticsearch
 KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
 ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
 
+#: stack/mariadb.sh's server, and the database and account it creates for tests (lib.sh).
+MARIADB = os.environ.get("ESUPDATER_TEST_MARIADB", "127.0.0.1:3306")
+MARIADB_DATABASE = "shop"
+MARIADB_USER = os.environ.get("ESUPDATER_TEST_MARIADB_USER", "esupdater")
+MARIADB_PASSWORD = os.environ.get("ESUPDATER_TEST_MARIADB_PASSWORD", "esupdater")
+
 TopicFactory = Callable[..., Awaitable[str]]
+TableFactory = Callable[[str], str]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,6 +104,52 @@ async def new_topic() -> AsyncIterator[TopicFactory]:
         if created:
             await admin.delete_topics(created)
         await admin.close()
+
+
+@pytest.fixture
+def mariadb() -> Iterator[pymysql.connections.Connection]:
+    """A connection to the `shop` database Canal follows: autocommit, utf8mb4, UTC.
+
+    UTC so TIMESTAMP values read back as written: Canal formats them in its own zone (UTC).
+    """
+    host, port = MARIADB.rsplit(":", 1)
+    try:
+        connection = pymysql.connect(
+            host=host, port=int(port), user=MARIADB_USER, password=MARIADB_PASSWORD,
+            database=MARIADB_DATABASE, charset="utf8mb4", autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor, init_command="SET time_zone = '+00:00'",
+        )
+    except pymysql.err.OperationalError as exc:
+        pytest.fail(f"MariaDB at {MARIADB} not usable ({exc}): start the stack with `make up`")
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def new_table(
+    mariadb: pymysql.connections.Connection,
+) -> Iterator[TableFactory]:
+    """Makes uniquely named tables in `shop`, dropped afterwards: `new_table("id INT, ...")`.
+
+    Unique names keep apart the tests that share Canal's topics.
+    """
+    created: list[str] = []
+
+    def create(columns: str) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with mariadb.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE {name} ({columns})")
+        created.append(name)
+        return name
+
+    try:
+        yield create
+    finally:
+        with mariadb.cursor() as cursor:
+            for name in created:
+                cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 # The fixtures that run the real `esupdater` process (tests/integration/service_harness.py).

@@ -145,13 +145,26 @@ def test_ddl_gives_one_change_with_the_statement(build: Builder) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["CREATE", "ALTER", "ERASE", "TRUNCATE", "RENAME", "CINDEX", "DINDEX", "QUERY"]
+    "kind", ["CREATE", "ALTER", "ERASE", "TRUNCATE", "RENAME", "CINDEX", "DINDEX"]
 )
 def test_ddl_types_are_ddl_even_without_the_isddl_flag(build: Builder, kind: str) -> None:
     [change] = decode(build("shop", "users", kind, [], mysql_types={}, sql="x"))
 
     assert change.is_ddl
     assert change.type == kind
+
+
+def test_a_query_flagged_ddl_is_ddl(build: Builder) -> None:
+    [change] = decode(build("shop", "users", "QUERY", [], mysql_types={}, is_ddl=True,
+                            sql="CREATE INDEX i ON users (name)"))
+
+    assert change.is_ddl
+    assert (change.type, change.sql) == ("QUERY", "CREATE INDEX i ON users (name)")
+
+
+def test_a_query_not_flagged_ddl_is_a_statement_annotation_and_skipped(build: Builder) -> None:
+    # MariaDB's binlog_annotate_row_events: a DML statement's text, its rows come apart.
+    assert decode(build("", "", "QUERY", [], mysql_types={}, sql="UPDATE users SET v = 1")) == []
 
 
 def test_a_row_event_without_rows_gives_nothing(build: Builder) -> None:

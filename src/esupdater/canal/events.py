@@ -15,6 +15,16 @@ DDL_TYPES = frozenset(
 #: Canal event types with nothing for a handler: GTID markers, XA ends, master heartbeats.
 SKIPPED_TYPES = frozenset({"GTID", "XACOMMIT", "XAROLLBACK", "MHEARTBEAT"})
 
+
+def is_statement_annotation(type_: str, is_ddl: bool) -> bool:
+    """A QUERY that is not DDL: the text of a DML statement whose rows follow separately.
+
+    MariaDB logs it by default (binlog_annotate_row_events), MySQL with
+    binlog_rows_query_log_events; Canal publishes it with no database or table. The rows
+    are what counts, so it is skipped, never routed as a schema change.
+    """
+    return type_ == "QUERY" and not is_ddl
+
 _MS_PER_S = 1000
 
 

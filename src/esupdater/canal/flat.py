@@ -7,7 +7,13 @@ from typing import Any, TypeVar
 import orjson
 
 from esupdater.canal.errors import CanalDecodeError
-from esupdater.canal.events import DDL_TYPES, SKIPPED_TYPES, ddl_change, executed_at
+from esupdater.canal.events import (
+    DDL_TYPES,
+    SKIPPED_TYPES,
+    ddl_change,
+    executed_at,
+    is_statement_annotation,
+)
 from esupdater.canal.values import Converter, RowTyper, converter_for
 from esupdater.change import ROW_TYPES, Change, Position
 
@@ -40,6 +46,8 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
     when = executed_at(_optional(message, "es", int, position), position)
     pk_names = tuple(_strings(_optional(message, "pkNames", list, position) or [], position))
     sql = _optional(message, "sql", str, position) or ""
+    if is_statement_annotation(type_, is_ddl):
+        return []
     if is_ddl or type_ in DDL_TYPES:
         return [ddl_change(database, table, type_, sql, pk_names, when, position, 0)]
     data = _optional(message, "data", list, position)

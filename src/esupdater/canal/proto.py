@@ -14,7 +14,13 @@ from google.protobuf.message import DecodeError, Message
 
 from esupdater.canal import canal_pb2 as pb
 from esupdater.canal.errors import CanalDecodeError
-from esupdater.canal.events import DDL_TYPES, SKIPPED_TYPES, ddl_change, executed_at
+from esupdater.canal.events import (
+    DDL_TYPES,
+    SKIPPED_TYPES,
+    ddl_change,
+    executed_at,
+    is_statement_annotation,
+)
 from esupdater.canal.values import Converter, RowTyper, converter_for
 from esupdater.change import ROW_TYPES, Change, Position
 
@@ -68,6 +74,8 @@ def _decode_entry(
     type_ = _name(pb.EventType.Name, event)
     database, table = header.schemaName, header.tableName
     when = executed_at(header.executeTime, position)
+    if is_statement_annotation(type_, row_change.isDdl):
+        return
     if row_change.isDdl or type_ in DDL_TYPES:
         changes.append(
             ddl_change(database, table, type_, row_change.sql, (), when, position, len(changes))

@@ -1,0 +1,276 @@
+"""The real end-to-end path: rows written to MariaDB, read from its binlog by Canal, published to
+Kafka, applied by `esupdater run` to Elasticsearch.
+
+Needs the whole local stack (`make up`): stack/canal.sh runs Canal with two destinations on
+the `shop` database, flat JSON to CANAL_TOPIC (partitioned by primary key) and protobuf to
+CANAL_PB_TOPIC. Each test writes to a table of its own and routes only that table, so tests
+and earlier runs sharing those topics never meet.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pymysql
+import pytest
+from elasticsearch import AsyncElasticsearch, NotFoundError
+
+from tests.integration.conftest import TableFactory
+from tests.integration.service_harness import (
+    Service,
+    ServiceFactory,
+    eventually,
+    settled,
+    wait_count,
+)
+
+#: The topics stack/canal.sh configures Canal to publish to.
+CANAL_TOPIC = "canal_shop"
+CANAL_PB_TOPIC = "canal_shop_pb"
+#: Seconds for a change to travel MariaDB -> Canal -> Kafka -> esupdater -> Elasticsearch,
+#: including esupdater reading the topics' earlier history (other tables) first.
+ARRIVAL_TIMEOUT = 90.0
+#: What a change that never arrives most often means.
+NOT_ARRIVED = "is Canal following MariaDB? `stack/stack.sh status`, .stack/logs/canal.log"
+
+#: Mirrors TABLE into INDEX: one document per row, the row as esupdater typed it; versioned
+#: writes, as the README recommends when Canal partitions rows by primary key.
+MIRROR = """
+from esupdater import on
+
+@on("shop.TABLE")
+async def mirror(change, ctx):
+    if change.is_delete:
+        await ctx.delete(index=INDEX, id=change.pk, version=change.version)
+    else:
+        await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
+"""
+
+#: One document per row change: where Canal put it and what the handler received.
+LOG = """
+from esupdater import on
+
+@on("shop.TABLE")
+async def log(change, ctx):
+    await ctx.index(
+        index=INDEX, id=f"{change.partition}-{change.offset}-{change.row_index}",
+        doc={
+            "pk": change.pk, "type": change.type, "partition": change.partition,
+            "types": {name: type(value).__name__ for name, value in change.row.items()},
+            "strs": {name: None if value is None else str(value)
+                     for name, value in change.row.items()},
+            "pk_names": list(change.pk_names),
+        },
+    )
+"""
+
+
+def handlers(template: str, table: str) -> str:
+    return template.replace("TABLE", table)
+
+
+async def following(
+    esupdater: ServiceFactory, template: str, table: str, topic: str = CANAL_TOPIC
+) -> Service:
+    """A started esupdater on one of Canal's topics, routing only `table`."""
+    service = await esupdater(handlers(template, table), create_topic=False,
+                              settings={"kafka": {"topics": [topic]}})
+    return await service.started()
+
+
+def execute(mariadb: pymysql.connections.Connection, *statements: str) -> None:
+    with mariadb.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def table_rows(mariadb: pymysql.connections.Connection, table: str) -> dict[str, dict[str, Any]]:
+    """The table as the mirror should have it in Elasticsearch: by id, values as JSON has them.
+
+    DECIMAL becomes a JSON number, DATETIME(3) an ISO string with milliseconds (docs/types.md).
+    """
+
+    def as_json(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.isoformat(timespec="milliseconds")
+        return value
+
+    with mariadb.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {table}")
+        return {str(row["id"]): {k: as_json(v) for k, v in row.items()}
+                for row in cursor.fetchall()}
+
+
+async def documents(es: AsyncElasticsearch, index: str) -> dict[str, dict[str, Any]]:
+    """Every document of `index` by id (refreshed first); {} while the index does not exist."""
+
+    async def search() -> dict[str, dict[str, Any]]:
+        await es.indices.refresh(index=index)
+        found = await es.search(index=index, size=10_000, query={"match_all": {}})
+        return {hit["_id"]: hit["_source"] for hit in found["hits"]["hits"]}
+
+    try:
+        return await settled(search)
+    except NotFoundError:
+        return {}
+
+
+async def wait_mirrored(
+    es: AsyncElasticsearch, mariadb: pymysql.connections.Connection, table: str,
+    service: Service,
+) -> None:
+    """Wait until the service's index holds exactly the table's rows; fail showing the diff."""
+
+    async def equal() -> bool:
+        return await documents(es, service.index) == table_rows(mariadb, table)
+
+    try:
+        await eventually(equal, timeout=ARRIVAL_TIMEOUT, service=service,
+                         what=f"Elasticsearch index {service.index} equal to table {table}")
+    except AssertionError as exc:
+        docs, rows = await documents(es, service.index), table_rows(mariadb, table)
+        differ = {id_: (docs.get(id_), rows.get(id_))
+                  for id_ in sorted(set(docs) | set(rows)) if docs.get(id_) != rows.get(id_)}
+        raise AssertionError(
+            f"{exc}\n(document, row) where they differ: {differ}\n{NOT_ARRIVED}") from None
+
+
+async def wait_changes(es: AsyncElasticsearch, service: Service, count: int) -> None:
+    """Wait until the LOG handler has written `count` documents, one per row change."""
+    try:
+        await wait_count(es, service.index, count, timeout=ARRIVAL_TIMEOUT, service=service)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{NOT_ARRIVED}") from None
+
+
+ORDERS = """
+    id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, price DECIMAL(10,2) NOT NULL,
+    qty INT NOT NULL, note VARCHAR(255) NULL, updated_at DATETIME(3) NOT NULL
+"""
+
+
+@pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
+async def test_inserts_updates_and_deletes_in_mariadb_leave_elasticsearch_equal_to_the_table(
+    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    mariadb: pymysql.connections.Connection, new_table: TableFactory,
+) -> None:
+    table = new_table(ORDERS)
+    service = await following(esupdater, MIRROR, table, topic)
+
+    execute(mariadb, f"INSERT INTO {table} VALUES (1, 'one', 9.99, 1, NULL, NOW(3))")
+    values = ", ".join(f"({i}, 'row {i}', {i}.25, {i}, 'n{i}', '2024-03-01 12:00:0{i % 10}.5')"
+                       for i in range(2, 31))
+    execute(
+        mariadb,
+        f"INSERT INTO {table} VALUES {values}",  # one statement, 29 rows
+        f"UPDATE {table} SET price = 1234.50, note = NULL WHERE id = 2",
+        f"UPDATE {table} SET qty = qty + 100, note = 'bulk' WHERE id BETWEEN 5 AND 15",
+        f"DELETE FROM {table} WHERE id = 1",
+        f"DELETE FROM {table} WHERE id > 25",  # one statement, 5 rows
+    )
+    mariadb.begin()  # several statements in one transaction
+    execute(mariadb, f"INSERT INTO {table} VALUES (40, 'tx', 0.01, 7, 'in a transaction', NOW(3))",
+            f"UPDATE {table} SET name = 'renamed' WHERE id IN (3, 40)",
+            f"DELETE FROM {table} WHERE id = 4")
+    mariadb.commit()
+
+    await wait_mirrored(es, mariadb, table, service)
+    assert len(table_rows(mariadb, table)) == 24  # 30 inserted, 1 + 5 deleted, 1 added, 1 deleted
+
+
+async def test_a_row_updated_many_times_ends_with_its_last_values(
+    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    mariadb: pymysql.connections.Connection, new_table: TableFactory,
+) -> None:
+    table = new_table("id INT PRIMARY KEY, counter INT NOT NULL, label VARCHAR(32) NOT NULL")
+    service = await following(esupdater, MIRROR, table)
+    execute(mariadb, f"INSERT INTO {table} VALUES (1, 0, 'start'), (2, 0, 'other')")
+
+    for i in range(1, 151):  # 150 binlog transactions on one row, another row in between
+        execute(mariadb, f"UPDATE {table} SET counter = {i}, label = 'step {i}' WHERE id = 1")
+        if i % 10 == 0:
+            execute(mariadb, f"UPDATE {table} SET counter = counter + 1 WHERE id = 2")
+
+    await wait_mirrored(es, mariadb, table, service)
+    docs = await documents(es, service.index)
+    assert docs["1"] == {"id": 1, "counter": 150, "label": "step 150"}
+    assert docs["2"]["counter"] == 15
+
+
+async def test_canal_keeps_each_row_on_one_partition_and_spreads_rows_over_several(
+    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    mariadb: pymysql.connections.Connection, new_table: TableFactory,
+) -> None:
+    table = new_table("id INT PRIMARY KEY, v INT NOT NULL")
+    service = await following(esupdater, LOG, table)
+    rows = 40
+    execute(mariadb,
+            f"INSERT INTO {table} VALUES " + ", ".join(f"({i}, 0)" for i in range(rows)),
+            f"UPDATE {table} SET v = v + 1",
+            f"UPDATE {table} SET v = v + 1 WHERE id % 2 = 0")
+
+    changes = rows + rows + rows // 2
+    await wait_changes(es, service, changes)
+    logged = list((await documents(es, service.index)).values())
+    partitions_of: dict[str, set[int]] = {}
+    for change in logged:
+        partitions_of.setdefault(change["pk"], set()).add(change["partition"])
+    assert len(partitions_of) == rows
+    assert all(len(found) == 1 for found in partitions_of.values()), partitions_of
+    assert len({p for found in partitions_of.values() for p in found}) > 1
+    assert sorted(c["type"] for c in logged).count("UPDATE") == rows + rows // 2
+    assert {tuple(c["pk_names"]) for c in logged} == {("id",)}
+
+
+TYPED = """
+    id INT PRIMARY KEY, i INT, big BIGINT UNSIGNED, price DECIMAL(12,4), ratio DOUBLE,
+    happened DATETIME(6), day DATE, stamp TIMESTAMP NULL, nothing VARCHAR(8) NULL,
+    doc JSON, flag TINYINT(1), size ENUM('s','m','l'), tags SET('a','b','c'), txt VARCHAR(32),
+    yr YEAR
+"""
+
+
+@pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
+async def test_values_from_mariadb_reach_handlers_typed_as_documented(
+    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    mariadb: pymysql.connections.Connection, new_table: TableFactory,
+) -> None:
+    table = new_table(TYPED)
+    service = await following(esupdater, LOG, table, topic)
+    execute(mariadb, f"""
+        INSERT INTO {table} VALUES (
+            1, -42, 18446744073709551615, 1234.5000, 0.25,
+            '2024-03-01 12:30:45.123456', '2024-02-29', '2024-03-01 10:00:00', NULL,
+            '{{"a": [1, 2], "b": null}}', 1, 'm', 'a,c', 'Zoë ☕ 🚀', 2024)
+    """)
+
+    await wait_changes(es, service, 1)
+    (logged,) = (await documents(es, service.index)).values()
+    types, strs = logged["types"], logged["strs"]
+    assert types == {
+        "id": "int", "i": "int", "big": "int", "price": "Decimal", "ratio": "float",
+        "happened": "str", "day": "str", "stamp": "str", "nothing": "NoneType",
+        # MariaDB's JSON is LONGTEXT with a json_valid check: Canal reports `longtext`, so
+        # the handler gets the text (MySQL's own json type would arrive parsed).
+        "doc": "str",
+        "flag": "int", "size": "str", "tags": "list", "txt": "str", "yr": "int",
+    }
+    assert strs["i"] == "-42"
+    assert strs["big"] == "18446744073709551615"
+    assert Decimal(strs["price"]) == Decimal("1234.5")
+    assert strs["ratio"] == "0.25"
+    assert strs["happened"] == "2024-03-01T12:30:45.123456"
+    assert strs["day"] == "2024-02-29"
+    assert strs["stamp"] == "2024-03-01T10:00:00"  # written and read in UTC
+    assert strs["nothing"] is None
+    assert json.loads(strs["doc"]) == {"a": [1, 2], "b": None}
+    assert strs["flag"] == "1"
+    assert strs["size"] == "m"  # the label, from Canal's enum index
+    assert strs["tags"] == "['a', 'c']"  # the members, from Canal's bitmask
+    assert strs["txt"] == "Zoë ☕ 🚀"
+    assert strs["yr"] == "2024"
