@@ -106,21 +106,26 @@ async def new_topic() -> AsyncIterator[TopicFactory]:
         await admin.close()
 
 
-@pytest.fixture
-def mariadb() -> Iterator[pymysql.connections.Connection]:
+def connect_mariadb() -> pymysql.connections.Connection:
     """A connection to the `shop` database Canal follows: autocommit, utf8mb4, UTC.
 
     UTC so TIMESTAMP values read back as written: Canal formats them in its own zone (UTC).
     """
     host, port = MARIADB.rsplit(":", 1)
     try:
-        connection = pymysql.connect(
+        return pymysql.connect(
             host=host, port=int(port), user=MARIADB_USER, password=MARIADB_PASSWORD,
             database=MARIADB_DATABASE, charset="utf8mb4", autocommit=True,
             cursorclass=pymysql.cursors.DictCursor, init_command="SET time_zone = '+00:00'",
         )
     except pymysql.err.OperationalError as exc:
         pytest.fail(f"MariaDB at {MARIADB} not usable ({exc}): start the stack with `make up`")
+
+
+@pytest.fixture
+def mariadb() -> Iterator[pymysql.connections.Connection]:
+    """`connect_mariadb()`, closed after the test."""
+    connection = connect_mariadb()
     try:
         yield connection
     finally:

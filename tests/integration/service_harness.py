@@ -454,6 +454,22 @@ def row(id: int, name: str | None = None, v: int = 0) -> dict[str, str | None]:
     return {"id": str(id), "name": f"n{id}" if name is None else name, "v": str(v)}
 
 
+
+# -- the local stack's servers ------------------------------------------------------------------
+
+STACK_SCRIPT = Path(__file__).resolve().parents[2] / "stack" / "stack.sh"
+
+
+async def stack(action: Literal["start", "stop"], server: str) -> None:
+    """`stack/stack.sh start|stop SERVER`, for fault tests: kafka, elasticsearch, mariadb, canal."""
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(STACK_SCRIPT), action, server,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(180):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0, f"stack.sh {action} {server} failed:\n{out.decode()}"
+
 # -- Elasticsearch -------------------------------------------------------------------------------
 
 

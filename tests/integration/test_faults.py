@@ -9,22 +9,22 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from elasticsearch import AsyncElasticsearch
 
 from tests.integration.conftest import TopicFactory
 from tests.integration.service_harness import (
+    STACK_SCRIPT,
     CanalProducer,
     ServiceFactory,
     eventually,
     row,
     source,
+    stack,
     wait_count,
 )
 
-STACK = Path(__file__).resolve().parents[2] / "stack" / "stack.sh"
 QUICK_RETRIES = {"bulk": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}
 
 #: Indexes every row, a little slowly, so a fault lands with work in flight.
@@ -39,23 +39,14 @@ async def sync_user(change, ctx):
 """
 
 
-async def _stack(action: str, server: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "bash", str(STACK), action, server,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, f"stack.sh {action} {server} failed:\n{out.decode()}"
-
-
 @pytest.fixture
 async def restartable() -> AsyncIterator[None]:
     """Whatever a test stops, the stack is whole again afterwards."""
     try:
         yield
     finally:
-        await _stack("start", "kafka")
-        await _stack("start", "elasticsearch")
+        await stack("start", "kafka")
+        await stack("start", "elasticsearch")
 
 
 async def _produce(canal: CanalProducer, topic: str, ids: range, v: int = 0) -> None:
@@ -76,11 +67,11 @@ async def test_elasticsearch_stopped_for_20_s_mid_stream_loses_nothing_and_resum
         return ((service.stats() or {}).get("rows_done") or 0) >= 300
 
     await eventually(some_done, timeout=60, what="300 rows done", service=service)
-    await _stack("stop", "elasticsearch")
+    await stack("stop", "elasticsearch")
     await _produce(canal, service.topic, range(3000), v=1)  # every row updated meanwhile
     await asyncio.sleep(20)
     assert service.returncode is None, "esupdater exited while Elasticsearch was down"
-    await _stack("start", "elasticsearch")
+    await stack("start", "elasticsearch")
 
     await wait_count(es, service.index, 3000, timeout=120, service=service)
     stats = await service.rows_done(6000, timeout=120)
@@ -102,10 +93,10 @@ async def test_a_kafka_broker_restart_mid_stream_loses_nothing(
         return ((service.stats() or {}).get("rows_done") or 0) >= 200
 
     await eventually(some_done, timeout=60, what="200 rows done", service=service)
-    await _stack("stop", "kafka")
+    await stack("stop", "kafka")
     await asyncio.sleep(5)
     assert service.returncode is None, "esupdater exited while Kafka was down"
-    await _stack("start", "kafka")
+    await stack("start", "kafka")
     await _produce(canal, service.topic, range(2000, 3000))
 
     await wait_count(es, service.index, 3000, timeout=120, service=service)
@@ -147,7 +138,6 @@ async def test_redrive_applies_dead_letters_after_a_fix_and_reports_what_failed_
 ) -> None:
     dead_letters = await new_topic()
     service = await esupdater("""
-from pathlib import Path
 from esupdater import on
 
 @on("shop.users")
@@ -191,7 +181,7 @@ async def test_a_configured_dead_letter_topic_that_does_not_exist_exits_2_saying
 
 
 def test_stack_script_is_where_the_tests_expect_it() -> None:
-    result = subprocess.run(["bash", str(STACK), "status"], capture_output=True, text=True,
+    result = subprocess.run(["bash", str(STACK_SCRIPT), "status"], capture_output=True, text=True,
                             check=False)
     assert "kafka: up" in result.stdout, result
     assert "elasticsearch: up" in result.stdout, result
