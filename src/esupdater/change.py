@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,9 @@ class Change:
     row_index: int = 0
     is_ddl: bool = False
     changed: frozenset[str] = field(default_factory=frozenset)
+    #: The primary key before this UPDATE when it changed it, else None: the document
+    #: stored under that key is now stale (see `previous_pk`).
+    old_pk: str | None = None
 
     @property
     def topic(self) -> str:
@@ -100,13 +104,23 @@ class Change:
 
         Empty for DDL and for tables without a primary key.
         """
-        parts = []
-        for name in self.pk_names:
-            value = self.raw.get(name)
-            parts.append("" if value is None else value)
-        return PK_SEPARATOR.join(parts)
+        return join_pk(self.pk_names, self.raw)
 
     @property
     def key(self) -> tuple[str, str, str]:
         """What per-document ordering is keyed on: (database, table, pk)."""
         return (self.database, self.table, self.pk)
+
+
+def join_pk(pk_names: tuple[str, ...], raw: Mapping[str, str | None]) -> str:
+    """Canal's strings of the key columns, joined: what `Change.pk` is."""
+    return PK_SEPARATOR.join(raw.get(name) or "" for name in pk_names)
+
+
+def previous_pk(
+    pk_names: tuple[str, ...], raw: Mapping[str, str | None], raw_old: Mapping[str, str | None]
+) -> str | None:
+    """The key before an UPDATE, from Canal's strings, when the UPDATE changed it; else None."""
+    if not any(name in raw_old for name in pk_names):
+        return None
+    return join_pk(pk_names, {**raw, **raw_old})

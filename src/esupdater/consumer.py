@@ -156,8 +156,12 @@ class Pipeline:
         partition = self.offsets.track(tp, record.offset, len(routed))
         self.stats.rows += len(routed)
         for change, routes in routed:
+            # A new primary key: the job also comes after (and before) the old key's jobs.
+            old_key = None if change.old_pk is None else (change.database, change.table,
+                                                          change.old_pk)
             await self.dispatcher.submit(
-                change.key, partial(self._process, partition, change, routes, value), group=tp
+                change.key, partial(self._process, partition, change, routes, value), group=tp,
+                after=old_key,
             )
 
     async def _process(

@@ -42,9 +42,10 @@ class KeyedDispatcher:
         self._tails: dict[Hashable, asyncio.Task[None]] = {}  # last admitted job per key
         self._groups: dict[Hashable, set[asyncio.Task[None]]] = {}  # jobs in flight per group
         self._drainers: dict[Hashable | None, list[asyncio.Future[None]]] = {}
-        # A job cancelled before its first step never waited for its predecessor; its
-        # successors wait for that predecessor instead (rare: only after a cancel).
-        self._redirects: dict[asyncio.Task[None], asyncio.Task[None]] = {}
+        # The jobs each unfinished job comes after (its key's previous, and `after`'s). A job
+        # cancelled before it ran never waited for them, so its successors look through it;
+        # the entry is kept until those are done too (rare: only after a cancel).
+        self._predecessors: dict[asyncio.Task[None], tuple[asyncio.Task[None], ...]] = {}
         self._closed = False
 
     @property
@@ -61,9 +62,18 @@ class KeyedDispatcher:
         return len(self._tails)
 
     async def submit(
-        self, key: Hashable, job: Job, *, group: Hashable | None = None
+        self,
+        key: Hashable,
+        job: Job,
+        *,
+        group: Hashable | None = None,
+        after: Hashable | None = None,
     ) -> asyncio.Future[None]:
-        """Admit `job` (waiting while the pool is full) and return the future of its outcome."""
+        """Admit `job` (waiting while the pool is full) and return the future of its outcome.
+
+        `after`: a second key the job is ordered in as well (a row whose primary key changed
+        comes after the old key's jobs, and the old key's later jobs come after it).
+        """
         if self._closed:
             raise RuntimeError("KeyedDispatcher is closed")
         if self._free and not self._queue:
@@ -71,15 +81,21 @@ class KeyedDispatcher:
         else:
             await self._admission()
         previous = self._tails.get(key)
-        task = asyncio.get_running_loop().create_task(self._run(previous, job))
+        also = None if after is None else self._tails.get(after)
+        task = asyncio.get_running_loop().create_task(self._run(previous, job, also))
+        earlier = tuple(t for t in (previous, also) if t is not None)
+        if earlier:
+            self._predecessors[task] = earlier
         self._tails[key] = task
+        if after is not None:
+            self._tails[after] = task
         self._tasks.add(task)
         if group is not None:
             members = self._groups.get(group)
             if members is None:
                 members = self._groups[group] = set()
             members.add(task)
-        task.add_done_callback(partial(self._finished, key, group, previous))
+        task.add_done_callback(partial(self._finished, key, group, after))
         return task
 
     async def _admission(self) -> None:
@@ -109,17 +125,24 @@ class KeyedDispatcher:
                 self._free -= 1
                 waiter.set_result(None)
 
-    async def _run(self, previous: asyncio.Task[None] | None, job: Job) -> None:
-        if previous is not None and self._ahead(previous) is not None:
-            await self._after(previous)
+    async def _run(
+        self, previous: asyncio.Task[None] | None, job: Job, also: asyncio.Task[None] | None
+    ) -> None:
+        for earlier in (previous, also):
+            if earlier is not None and self._ahead(earlier) is not None:
+                await self._after(earlier)
         await job()
 
     def _ahead(self, previous: asyncio.Task[None]) -> asyncio.Task[None] | None:
-        """The unfinished job this one must still wait for, if any."""
-        ahead: asyncio.Task[None] | None = previous
-        while ahead is not None and ahead.done():
-            ahead = self._redirects.get(ahead)
-        return ahead
+        """The first unfinished job this one must still wait for, if any: `previous`, or,
+        through finished jobs that were cancelled before they ran, one of theirs."""
+        pending = [previous]
+        while pending:
+            job = pending.pop()
+            if not job.done():
+                return job
+            pending.extend(self._predecessors.get(job, ()))
+        return None
 
     async def _after(self, previous: asyncio.Task[None]) -> None:
         """Wait until the key's earlier jobs are done, ignoring their outcome.
@@ -144,22 +167,15 @@ class KeyedDispatcher:
         self,
         key: Hashable,
         group: Hashable | None,
-        previous: asyncio.Task[None] | None,
+        after: Hashable | None,
         task: asyncio.Task[None],
     ) -> None:
         self._release()
         self._tasks.discard(task)
-        if task.cancelled() and previous is not None:
-            ahead = self._ahead(previous)
-            if ahead is not None:  # cancelled before its first step, so it never waited
-                self._redirects[task] = ahead
-                ahead.add_done_callback(partial(self._unredirect, task))
-        if self._tails.get(key) is task:
-            ahead = self._redirects.get(task)
-            if ahead is None:
-                del self._tails[key]  # last job of this key: bookkeeping stays bounded
-            else:
-                self._tails[key] = ahead
+        if task.cancelled():
+            self._forget_when_settled(task, key, after)
+        else:
+            self._forget(task, key, after)  # it ran, so everything it came after is done
         if not task.cancelled():
             task.exception()  # marks it retrieved; the caller's future still carries it
         if group is not None:
@@ -171,8 +187,23 @@ class KeyedDispatcher:
         if not self._tasks:
             self._wake_drainers(None)
 
-    def _unredirect(self, task: asyncio.Task[None], _: object) -> None:
-        self._redirects.pop(task, None)
+    def _forget_when_settled(
+        self, task: asyncio.Task[None], key: Hashable, after: Hashable | None, *_: object
+    ) -> None:
+        """Drop a cancelled job's bookkeeping once nothing it came after is unfinished: until
+        then its successors must see through it (and bookkeeping stays bounded after)."""
+        ahead = self._ahead(task)
+        if ahead is not None:
+            ahead.add_done_callback(partial(self._forget_when_settled, task, key, after))
+        else:
+            self._forget(task, key, after)
+
+    def _forget(self, task: asyncio.Task[None], key: Hashable, after: Hashable | None) -> None:
+        self._predecessors.pop(task, None)
+        if self._tails.get(key) is task:
+            del self._tails[key]  # last job of this key
+        if after is not None and self._tails.get(after) is task:
+            del self._tails[after]
 
     def _wake_drainers(self, group: Hashable | None) -> None:
         for waiter in self._drainers.pop(group, ()):

@@ -21,7 +21,7 @@ from elastic_transport import OrjsonSerializer
 
 from esupdater.bulk import Action
 from esupdater.canal import decode_record
-from esupdater.change import ROW_TYPES, Change, Position
+from esupdater.change import ROW_TYPES, Change, Position, previous_pk
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.routing import Registry, default_registry
@@ -217,6 +217,8 @@ def make_change(
     """
     kind = type.upper()
     values = dict(row or {})
+    raw = {name: canal_text(value) for name, value in values.items()}
+    old_raw = {name: canal_text(value) for name, value in (old or {}).items()}
     return Change(
         database=database,
         table=table,
@@ -224,13 +226,14 @@ def make_change(
         row=values,
         old=None if old is None else dict(old),
         pk_names=tuple(pk_names),
-        raw={name: canal_text(value) for name, value in values.items()},
+        raw=raw,
         executed_at=datetime.now(UTC) if executed_at is None else executed_at,
         sql=sql,
         position=Position(topic, partition, next(_offsets) if offset is None else offset),
         row_index=row_index,
         is_ddl=kind not in ROW_TYPES,
         changed=frozenset(old or ()),
+        old_pk=previous_pk(tuple(pk_names), raw, old_raw) if old_raw else None,
     )
 
 

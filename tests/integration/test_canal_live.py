@@ -49,8 +49,10 @@ from esupdater import on
 async def mirror(change, ctx):
     if change.is_delete:
         await ctx.delete(index=INDEX, id=change.pk, version=change.version)
-    else:
-        await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
+        return
+    if change.old_pk is not None:  # the key changed: the old document goes
+        await ctx.delete(index=INDEX, id=change.old_pk)
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
 """
 
 #: One document per row change: where Canal put it and what the handler received.
@@ -176,6 +178,7 @@ async def test_inserts_updates_and_deletes_in_mariadb_leave_elasticsearch_equal_
         f"UPDATE {table} SET qty = qty + 100, note = 'bulk' WHERE id BETWEEN 5 AND 15",
         f"DELETE FROM {table} WHERE id = 1",
         f"DELETE FROM {table} WHERE id > 25",  # one statement, 5 rows
+        f"UPDATE {table} SET id = 500 WHERE id = 6",  # a new key: the old document must go
     )
     mariadb.begin()  # several statements in one transaction
     execute(mariadb, f"INSERT INTO {table} VALUES (40, 'tx', 0.01, 7, 'in a transaction', NOW(3))",

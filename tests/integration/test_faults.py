@@ -138,6 +138,7 @@ async def test_redrive_applies_dead_letters_after_a_fix_and_reports_what_failed_
 ) -> None:
     dead_letters = await new_topic()
     service = await esupdater("""
+from pathlib import Path
 from esupdater import on
 
 @on("shop.users")

@@ -191,3 +191,27 @@ def test_both_forms_decode_to_the_same_changes() -> None:
     binary = decode(protobuf_message("shop", "users", "UPDATE", [ALICE, BOB], **options))
 
     assert flat == binary
+
+
+def test_an_update_of_the_primary_key_names_the_key_it_had(build: Builder) -> None:
+    renumbered = {**ALICE, "id": "100"}
+    [moved, plain] = decode(build("shop", "users", "UPDATE", [renumbered, BOB],
+                                  old=[{"id": "1", "name": "al"}, {"name": "b"}],
+                                  mysql_types=TYPES))
+
+    assert (moved.pk, moved.old_pk) == ("100", "1")  # the document under "1" is stale
+    assert (plain.pk, plain.old_pk) == ("2", None)
+
+
+def test_a_composite_key_that_changed_in_one_column_keeps_the_others(build: Builder) -> None:
+    [change] = decode(build("shop", "order_items", "UPDATE", [{"order": "7", "line": "3"}],
+                            old=[{"line": "2"}], pk_names=("order", "line"),
+                            mysql_types={"order": "int", "line": "int"}))
+
+    assert (change.pk, change.old_pk) == ("7:3", "7:2")
+
+
+def test_inserts_and_deletes_have_no_old_key(build: Builder) -> None:
+    for kind in ("INSERT", "DELETE"):
+        [change] = decode(build("shop", "users", kind, [ALICE], mysql_types=TYPES))
+        assert change.old_pk is None

@@ -265,3 +265,74 @@ async def test_close_waits_for_admitted_jobs_and_refuses_new_ones() -> None:
 def test_max_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         KeyedDispatcher(0)
+
+
+async def test_a_job_with_after_runs_after_both_keys_and_the_old_keys_next_job_after_it() -> None:
+    # A row whose primary key changed from 6 to 500: its job deletes document 6 and writes
+    # 500, so it must follow what was pending for 6, and what comes next for 6 must follow it.
+    dispatcher = KeyedDispatcher(10)
+    log: list[Any] = []
+    old_gate, new_gate, moved_gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    await dispatcher.submit("6", blocked(old_gate, log, "6: update"))
+    await dispatcher.submit("500", blocked(new_gate, log, "500: earlier"))
+    await dispatcher.submit("500", blocked(moved_gate, log, "6->500"), after="6")
+    await dispatcher.submit("6", blocked(asyncio.Event(), log, "6: new row"))
+    await settle()
+    assert log == [("start", "6: update"), ("start", "500: earlier")]
+
+    new_gate.set()
+    await settle()
+    assert ("start", "6->500") not in log  # still behind "6: update"
+    old_gate.set()
+    await settle()
+    assert log[-1] == ("start", "6->500")  # and "6: new row" waits for it
+    moved_gate.set()
+    await settle()
+    assert log[-1] == ("start", "6: new row")
+    assert dispatcher.in_flight == 1
+
+
+async def test_after_a_cancelled_job_with_two_keys_both_keys_stay_ordered() -> None:
+    dispatcher = KeyedDispatcher(10)
+    log: list[Any] = []
+    old_gate = asyncio.Event()
+    await dispatcher.submit("6", blocked(old_gate, log, "6: update"))
+    moved = await dispatcher.submit("500", blocked(asyncio.Event(), log, "6->500"), after="6")
+    moved.cancel()  # its partition revoked before it ran
+    await dispatcher.submit("6", blocked(asyncio.Event(), log, "6: next"))
+    await settle()
+    assert log == [("start", "6: update")]  # "6: next" still waits for "6: update"
+    old_gate.set()
+    await settle()
+    assert log[-1] == ("start", "6: next")
+    assert moved.cancelled()
+
+
+async def test_a_job_cancelled_before_it_ran_does_not_let_its_successor_overtake() -> None:
+    # The successor's first step can come before the cancelled job's done callbacks.
+    dispatcher = KeyedDispatcher(10)
+    log: list[Any] = []
+    gate = asyncio.Event()
+    await dispatcher.submit("k", blocked(gate, log, "first"))
+    (await dispatcher.submit("k", blocked(asyncio.Event(), log, "cancelled"))).cancel()
+    await dispatcher.submit("k", blocked(asyncio.Event(), log, "third"))
+    await settle()
+    assert log == [("start", "first")]
+    gate.set()
+    await settle()
+    assert log == [("start", "first"), ("end", "first"), ("start", "third")]
+
+
+async def test_bookkeeping_is_empty_again_after_cancels_and_second_keys() -> None:
+    dispatcher = KeyedDispatcher(10)
+    gate = asyncio.Event()
+    await dispatcher.submit("6", blocked(gate))
+    (await dispatcher.submit("500", blocked(gate), after="6")).cancel()
+    await dispatcher.submit("6", blocked(gate))
+    await dispatcher.submit("7", blocked(gate), after="500")
+    await settle()
+    gate.set()
+    assert await dispatcher.drain(timeout=1)
+    await settle()
+    assert dispatcher.keys_in_flight == 0
+    assert dispatcher._predecessors == {}

@@ -73,6 +73,15 @@ async def test_an_order_follows_its_status_updates_and_its_delete() -> None:
     assert sink.get(ORDERS_INDEX, "5") is None
 
 
+async def test_an_order_whose_id_changes_moves_to_its_new_document() -> None:
+    sink = await apply([
+        make_change("shop", "orders_2", "INSERT", order(5)),
+        make_change("shop", "orders_2", "UPDATE", order(500), old={"id": 5}),
+    ])
+    assert sink.get(ORDERS_INDEX, "5") is None
+    assert sink.documents[ORDERS_INDEX]["500"]["id"] == 500
+
+
 async def test_ddl_on_a_shard_writes_nothing() -> None:
     ddl = make_change("shop", "orders_2", "ALTER", sql="ALTER TABLE orders_2 ADD note text")
     sink = await apply(ddl)

@@ -290,3 +290,9 @@ async def test_changes_made_one_after_another_are_newer_for_versioned_writes() -
     stale = await apply(make_change("shop", "users", "UPDATE", {"id": 1, "v": 0}, offset=0),
                         registry=registry, sink=sink)
     assert stale.get("u", "1") == {"id": 1, "v": 3}  # an old offset: refused, as ES would
+
+
+def test_make_change_names_the_old_key_when_an_update_changed_it() -> None:
+    moved = make_change("shop", "users", "UPDATE", {"id": 9, "name": "x"}, old={"id": 4})
+    kept = make_change("shop", "users", "UPDATE", {"id": 9, "name": "x"}, old={"name": "y"})
+    assert (moved.pk, moved.old_pk, kept.old_pk) == ("9", "4", None)

@@ -15,7 +15,7 @@ from esupdater.canal.events import (
     is_statement_annotation,
 )
 from esupdater.canal.values import Converter, RowTyper, converter_for
-from esupdater.change import ROW_TYPES, Change, Position
+from esupdater.change import ROW_TYPES, Change, Position, previous_pk
 
 _T = TypeVar("_T")
 
@@ -68,6 +68,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         if not isinstance(raw, dict):
             raise CanalDecodeError(position, f"data[{index}] must be an object, got {_kind(raw)}")
         old = None
+        old_pk = None
         changed: frozenset[str] = frozenset()
         if olds:
             raw_old = olds[index]
@@ -77,6 +78,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
                 )
             old = typer(raw_old)
             changed = frozenset(raw_old)
+            old_pk = previous_pk(pk_names, raw, raw_old)
         changes.append(
             Change(
                 database=database,
@@ -91,6 +93,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
                 position=position,
                 row_index=index,
                 changed=changed,
+                old_pk=old_pk,
             )
         )
     return changes

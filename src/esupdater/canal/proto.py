@@ -22,7 +22,7 @@ from esupdater.canal.events import (
     is_statement_annotation,
 )
 from esupdater.canal.values import Converter, RowTyper, converter_for
-from esupdater.change import ROW_TYPES, Change, Position
+from esupdater.change import ROW_TYPES, Change, Position, previous_pk
 
 _M = TypeVar("_M", bound=Message)
 
@@ -103,6 +103,7 @@ def _decode_entry(
                 position=position,
                 row_index=len(changes),
                 changed=frozenset(raw_old or ()),
+                old_pk=None if raw_old is None else previous_pk(pk_names, raw, raw_old),
             )
         )
 
