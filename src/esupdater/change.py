@@ -114,6 +114,8 @@ class Change:
 
 def join_pk(pk_names: tuple[str, ...], raw: Mapping[str, str | None]) -> str:
     """Canal's strings of the key columns, joined: what `Change.pk` is."""
+    if len(pk_names) == 1:  # the usual case, on the hot path: no generator, no join
+        return raw.get(pk_names[0]) or ""
     return PK_SEPARATOR.join(raw.get(name) or "" for name in pk_names)
 
 
