@@ -150,7 +150,7 @@ class BulkWriter:
                         # a revoked partition, which the version kept out.
                         self.stale_writes += 1
                     if not future.done():
-                        _resolve(future, action, ok or stale, info)
+                        _resolve(future, action, ok, info, stale=stale)
             except SerializationError:
                 self._fail_unserializable(list(feed.sent))
             except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
@@ -237,12 +237,18 @@ def is_stale(action: Action, info: Mapping[str, Any]) -> bool:
 
 
 def _resolve(
-    future: asyncio.Future[dict[str, Any]], action: Action, ok: bool, info: Mapping[str, Any]
+    future: asyncio.Future[dict[str, Any]],
+    action: Action,
+    ok: bool,
+    info: Mapping[str, Any],
+    *,
+    stale: bool = False,
 ) -> None:
     op_type, item = next(iter(info.items()))
+    if stale:  # not applied, and rightly so: the document already holds a newer change
+        future.set_result({**item, "result": "stale"})
+        return
     if ok:
-        if item.get("status") == 409:
-            item = {**item, "result": "stale"}
         future.set_result(item)
         return
     status = item.get("status")

@@ -111,6 +111,11 @@ class Change:
         """What per-document ordering is keyed on: (database, table, pk)."""
         return (self.database, self.table, self.pk)
 
+    @property
+    def old_key(self) -> tuple[str, str, str] | None:
+        """`key` before an UPDATE that changed the primary key (see `old_pk`), else None."""
+        return None if self.old_pk is None else (self.database, self.table, self.old_pk)
+
 
 def join_pk(pk_names: tuple[str, ...], raw: Mapping[str, str | None]) -> str:
     """Canal's strings of the key columns, joined: what `Change.pk` is."""

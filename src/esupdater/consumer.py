@@ -157,11 +157,9 @@ class Pipeline:
         self.stats.rows += len(routed)
         for change, routes in routed:
             # A new primary key: the job also comes after (and before) the old key's jobs.
-            old_key = None if change.old_pk is None else (change.database, change.table,
-                                                          change.old_pk)
             await self.dispatcher.submit(
                 change.key, partial(self._process, partition, change, routes, value), group=tp,
-                after=old_key,
+                after=change.old_key,
             )
 
     async def _process(

@@ -40,6 +40,11 @@ async def _produce_rounds(canal: CanalProducer, topic: str) -> None:
         await asyncio.sleep(0.2)
 
 
+async def _all_final(es: AsyncElasticsearch, index: str) -> bool:
+    """Every row holds the last round's value."""
+    return await doc_count(es, index, {"term": {"v": ROUNDS - 1}}) == ROWS
+
+
 async def test_a_joining_and_a_leaving_member_share_the_stream_and_the_final_state_is_right(
     esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
@@ -56,10 +61,8 @@ async def test_a_joining_and_a_leaving_member_share_the_stream_and_the_final_sta
     finally:
         producing.cancel()
 
-    async def all_final() -> bool:
-        return await doc_count(es, first.index, {"term": {"v": ROUNDS - 1}}) == ROWS
-
-    await eventually(all_final, timeout=60, what=f"every row at v={ROUNDS - 1}", service=second)
+    await eventually(lambda: _all_final(es, first.index), timeout=60,
+                     what=f"every row at v={ROUNDS - 1}", service=second)
     assert await doc_count(es, first.index) == ROWS
     assert "partitions revoked" in first.log()
     assert "partitions assigned" in second.log()
@@ -85,10 +88,8 @@ async def test_a_member_killed_mid_stream_and_restarted_leaves_the_right_final_s
     finally:
         producing.cancel()
 
-    async def all_final() -> bool:
-        return await doc_count(es, first.index, {"term": {"v": ROUNDS - 1}}) == ROWS
-
-    await eventually(all_final, timeout=90, what=f"every row at v={ROUNDS - 1}", service=second)
+    await eventually(lambda: _all_final(es, first.index), timeout=90,
+                     what=f"every row at v={ROUNDS - 1}", service=second)
     assert await doc_count(es, first.index) == ROWS
     for member in (first, second):
         stopped = await member.stop()

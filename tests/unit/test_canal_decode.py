@@ -201,6 +201,8 @@ def test_an_update_of_the_primary_key_names_the_key_it_had(build: Builder) -> No
 
     assert (moved.pk, moved.old_pk) == ("100", "1")  # the document under "1" is stale
     assert (plain.pk, plain.old_pk) == ("2", None)
+    assert (moved.key, moved.old_key) == (("shop", "users", "100"), ("shop", "users", "1"))
+    assert plain.old_key is None
 
 
 def test_a_composite_key_that_changed_in_one_column_keeps_the_others(build: Builder) -> None:
