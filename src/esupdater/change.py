@@ -12,6 +12,9 @@ ROW_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
 
 #: Composite primary keys are joined with this to form `Change.pk`.
 PK_SEPARATOR = ":"
+#: Inside a composite key's values, precedes a literal PK_SEPARATOR or PK_ESCAPE, so that no
+#: two keys share a `pk` (`("1:2", "3")` gives `1\:2:3`, `("1", "2:3")` gives `1:2\:3`).
+PK_ESCAPE = "\\"
 #: `Change.version` = offset * VERSION_ROWS_PER_RECORD + row_index.
 VERSION_ROWS_PER_RECORD = 1 << 20
 
@@ -100,7 +103,8 @@ class Change:
 
     @property
     def pk(self) -> str:
-        """The primary key as a string; composite keys joined with `PK_SEPARATOR`.
+        """The primary key as a string: Canal's string of a one-column key as it is; the values
+        of a composite key joined with `PK_SEPARATOR`, escaped (see `join_pk`).
 
         Empty for DDL and for tables without a primary key.
         """
@@ -118,16 +122,53 @@ class Change:
 
 
 def join_pk(pk_names: tuple[str, ...], raw: Mapping[str, str | None]) -> str:
-    """Canal's strings of the key columns, joined: what `Change.pk` is."""
+    """Canal's strings of the key columns as one string: what `Change.pk` is.
+
+    A one-column key is Canal's string untouched. A composite key's values are joined with
+    `PK_SEPARATOR`, each value's `PK_ESCAPE` and `PK_SEPARATOR` preceded by `PK_ESCAPE`: then
+    different keys never share a string (`split_pk` gives the values back), and keys
+    without either character read as they always did (`7:3`).
+    """
     if len(pk_names) == 1:  # the usual case, on the hot path: no generator, no join
         return raw.get(pk_names[0]) or ""
-    return PK_SEPARATOR.join(raw.get(name) or "" for name in pk_names)
+    return PK_SEPARATOR.join(_escaped(raw.get(name) or "") for name in pk_names)
+
+
+def _escaped(value: str) -> str:
+    if PK_ESCAPE in value or PK_SEPARATOR in value:
+        value = value.replace(PK_ESCAPE, PK_ESCAPE + PK_ESCAPE)
+        return value.replace(PK_SEPARATOR, PK_ESCAPE + PK_SEPARATOR)
+    return value
+
+
+def split_pk(pk: str, columns: int) -> tuple[str, ...]:
+    """The values of a key `join_pk` made of `columns` key columns (NULL comes back as "")."""
+    if columns <= 1:
+        return (pk,) if columns == 1 else ()
+    values: list[str] = []
+    current: list[str] = []
+    chars = iter(pk)
+    for char in chars:
+        if char == PK_ESCAPE:
+            current.append(next(chars, ""))
+        elif char == PK_SEPARATOR:
+            values.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    values.append("".join(current))
+    if len(values) != columns:
+        raise ValueError(f"key {pk!r} holds {len(values)} values, not {columns}")
+    return tuple(values)
 
 
 def previous_pk(
     pk_names: tuple[str, ...], raw: Mapping[str, str | None], raw_old: Mapping[str, str | None]
 ) -> str | None:
-    """The key before an UPDATE, from Canal's strings, when the UPDATE changed it; else None."""
+    """The key before an UPDATE, from Canal's strings, when the UPDATE changed it; else None.
+
+    `raw` and `raw_old` must hold only strings and None (the decoders check that first).
+    """
     if not any(name in raw_old for name in pk_names):
         return None
     return join_pk(pk_names, {**raw, **raw_old})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from decimal import Decimal
+from typing import Any, ClassVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
-from elastic_transport import OrjsonSerializer
+from elastic_transport import NdjsonSerializer, OrjsonSerializer, SerializationError
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.settings import ElasticsearchSettings, KafkaSettings
@@ -72,11 +74,71 @@ async def topic_partitions(kafka: KafkaSettings, topics: list[str]) -> dict[str,
     }
 
 
+#: Beyond this many digits either side of the point a Decimal keeps its exponent form: MySQL's
+#: DECIMAL has at most 65 digits, and `format(d, "f")` of 1E+999999 is a million characters.
+_PLAIN_DIGITS = 100
+
+
+def decimal_json(value: Decimal) -> orjson.Fragment:
+    """A Decimal as the exact JSON number it is, never rounded through a float.
+
+    MySQL's text of the value, scale included (`12.50`); Elasticsearch keeps it as sent in
+    `_source` and in keyword fields, and parses it for numeric ones. NaN and infinities are
+    no JSON number: refused, instead of becoming `null`.
+    """
+    if not value.is_finite():
+        raise SerializationError(
+            f"Decimal {str(value)!r} is not a finite number and has no JSON form: send None "
+            "or a string instead"
+        )
+    text = str(value)
+    if "E" in text and -_PLAIN_DIGITS <= value.adjusted() <= _PLAIN_DIGITS:
+        text = format(value, "f")  # 1.000E-7 -> 0.0000001000, as MySQL writes it
+    return orjson.Fragment(text)
+
+
+class _ExactNumbers:
+    """orjson with Decimal written exactly (elastic_transport's default turns it into a float)."""
+
+    def default(self, data: Any) -> Any:
+        if isinstance(data, Decimal):
+            return decimal_json(data)
+        return super().default(data)  # type: ignore[misc]  # dates, UUIDs; else refused
+
+    def json_dumps(self, data: Any) -> bytes:
+        try:
+            return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError as exc:
+            if isinstance(exc.__cause__, SerializationError):
+                raise exc.__cause__ from None  # keep its reason: the bulk item's error says it
+            raise
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class ExactJsonSerializer(_ExactNumbers, OrjsonSerializer):
+    """The client's JSON serializer: orjson, Decimal as an exact number."""
+
+
+class ExactNdjsonSerializer(_ExactNumbers, NdjsonSerializer):
+    """The same for bodies of `es.bulk(operations=[...])` and other NDJSON requests."""
+
+    mimetype: ClassVar[str] = "application/x-ndjson"
+
+
 def make_elasticsearch(es: ElasticsearchSettings, *, orjson: bool = True) -> AsyncElasticsearch:
-    """The shared async client; orjson serialises bulk bodies several times faster."""
+    """The shared async client; orjson serialises bulk bodies several times faster.
+
+    `orjson=False` keeps the client's standard-library serializer, for the benchmark's
+    comparison only: it sends a Decimal as a float, rounded.
+    """
     options: dict[str, Any] = {"request_timeout": es.request_timeout}
     if orjson:
-        options["serializer"] = OrjsonSerializer()
+        options["serializers"] = {
+            ExactJsonSerializer.mimetype: ExactJsonSerializer(),
+            ExactNdjsonSerializer.mimetype: ExactNdjsonSerializer(),
+        }
     if es.username and es.password is not None:
         options["basic_auth"] = (es.username, es.password.get_secret_value())
     if es.api_key is not None:

@@ -250,3 +250,20 @@ def test_flipped_bytes_never_raise_anything_else(good: bytes) -> None:
 )
 def test_odd_json_never_raises_anything_else(document: str) -> None:
     decodes_or_rejects(document.encode())
+
+
+@pytest.mark.parametrize(
+    ("good", "decoder"), [(GOOD_FLAT, "decode_flat"), (GOOD_PROTOBUF, "decode_protobuf")],
+    ids=["flat", "protobuf"],
+)
+def test_a_decoder_bug_sets_the_one_record_aside_naming_its_position(
+    good: bytes, decoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(value: bytes, position: Position, tinyint1_as_bool: bool) -> list[Any]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(f"esupdater.canal.decode.{decoder}", broken)
+
+    text = reason(good)
+    assert "KeyError" in text
+    assert "a bug" in text

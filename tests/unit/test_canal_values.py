@@ -139,3 +139,38 @@ def test_an_unknown_mysql_type_falls_back_to_sql_type() -> None:
 
 def test_converters_are_built_once_per_type() -> None:
     assert converter_for("enum('a','b')", 4) is converter_for("enum('a','b')", 4)
+
+
+@pytest.mark.parametrize(
+    ("mysql_type", "value", "expected"),
+    [
+        ("binary(4)", "", "\x00\x00\x00\x00"),  # x'00000000': Canal sends ""
+        ("binary(4)", "\x01", "\x01\x00\x00\x00"),  # x'01000000'
+        ("binary(4)", "\xff\x00\xff", "\xff\x00\xff\x00"),  # zeros inside stay
+        ("binary(4)", "\x00\x00\x00\x01", "\x00\x00\x00\x01"),  # full: unchanged
+        ("BINARY(16)", "\x12", "\x12" + "\x00" * 15),
+        ("binary(2)", "ab", "ab"),
+    ],
+)
+def test_binary_gets_back_the_trailing_zero_bytes_the_binlog_dropped(
+    mysql_type: str, value: str, expected: str
+) -> None:
+    assert typed(mysql_type, value) == expected
+    assert len(expected.encode("latin-1")) == len(expected)
+
+
+@pytest.mark.parametrize(
+    "mysql_type", ["varbinary(4)", "blob", "tinyblob", "binary", "binary(0)", "binary(256)"]
+)
+def test_other_binary_types_are_not_padded(mysql_type: str) -> None:
+    assert typed(mysql_type, "\x01") == "\x01"
+
+
+def test_the_old_value_of_a_binary_column_is_padded_too() -> None:
+    record = flat_message("db", "t", "UPDATE", [{"id": "1", "b": "\x02"}], old=[{"b": ""}],
+                          mysql_types={"id": "int(11)", "b": "binary(3)"})
+
+    [change] = decode_record(record, POSITION)
+
+    assert (change.row["b"], change.old) == ("\x02\x00\x00", {"b": "\x00\x00\x00"})
+    assert change.raw["b"] == "\x02"  # raw keeps Canal's string

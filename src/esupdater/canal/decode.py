@@ -21,7 +21,23 @@ def decode_record(
     Flat JSON (flatMessage=true) and protobuf (flatMessage=false) are both accepted, so a
     topic can be switched between them. Returns [] for records with no rows (transaction
     begin/end, heartbeats); raises CanalDecodeError for anything that is not Canal.
+
+    Any other exception is a decoder bug that this record triggers: it too becomes a
+    CanalDecodeError, so the record is set aside and the other records go on.
     """
+    try:
+        return _decode(value, position, tinyint1_as_bool)
+    except CanalDecodeError:
+        raise
+    except Exception as exc:  # the last line: one record is set aside, not the service
+        raise CanalDecodeError(
+            position,
+            f"the decoder failed on this record ({type(exc).__name__}: {exc}); the record is "
+            "set aside: please report it with the record's bytes",
+        ) from exc
+
+
+def _decode(value: bytes | None, position: Position, tinyint1_as_bool: bool) -> list[Change]:
     if value is None:
         raise CanalDecodeError(position, "record has no value (a tombstone), not a Canal message")
     if not value:

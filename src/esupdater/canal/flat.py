@@ -67,6 +67,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
     for index, raw in enumerate(data):
         if not isinstance(raw, dict):
             raise CanalDecodeError(position, f"data[{index}] must be an object, got {_kind(raw)}")
+        row = typer(raw)  # first: it checks that every value is a string or null
         old = None
         old_pk = None
         changed: frozenset[str] = frozenset()
@@ -84,7 +85,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
                 database=database,
                 table=table,
                 type=type_,
-                row=typer(raw),
+                row=row,
                 old=old,
                 pk_names=pk_names,
                 raw=raw,

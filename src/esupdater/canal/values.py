@@ -105,6 +105,24 @@ def labels(mysql_type: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+#: MySQL's largest BINARY(n); a larger n is no BINARY column, and is not padded.
+_BINARY_MAX = 255
+
+
+def _binary_converter(mysql_type: str) -> Converter:
+    """BINARY(n): the binlog drops a value's trailing zero bytes, so Canal sends x'01000000' as
+    one character and x'00000000' as ""; padded back to n, it is MySQL's value again."""
+    text = mysql_type[mysql_type.find("(") + 1 : mysql_type.find(")")]
+    if "(" not in mysql_type or not _digits(text) or not 0 < int(text) <= _BINARY_MAX:
+        return _as_str
+    size = int(text)
+
+    def convert(value: str) -> str:
+        return value.ljust(size, "\x00")
+
+    return convert
+
+
 def _enum_converter(names: tuple[str, ...]) -> Converter:
     """Canal sends an ENUM as its 1-based index (0 is MySQL's '' for an invalid value)."""
 
@@ -149,7 +167,7 @@ _BY_MYSQL: dict[str, Converter] = {
     **dict.fromkeys(
         (
             "char", "varchar", "tinytext", "text", "mediumtext", "longtext",
-            "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
+            "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
         ),
         _as_str,
     ),
@@ -209,6 +227,8 @@ def _build(mysql_type: str | None, sql_type: int | None, tinyint1_as_bool: bool)
             return _enum_converter(labels(mysql_type))
         if base == "set":
             return _set_converter(labels(mysql_type))
+        if base == "binary":
+            return _binary_converter(mysql_type)
         found = _BY_MYSQL.get(base)
         if found is not None:
             return found
