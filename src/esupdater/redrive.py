@@ -20,7 +20,7 @@ from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.canal import CanalDecodeError, decode_record
 from esupdater.change import Position
-from esupdater.clients import make_consumer, make_elasticsearch, make_producer, topic_partitions
+from esupdater.clients import make_consumer, make_elasticsearch, topic_partitions
 from esupdater.deadletter import (
     H_ATTEMPTS,
     H_HANDLER,
@@ -30,6 +30,7 @@ from esupdater.deadletter import (
     H_TOPIC,
     DeadLetterTopic,
     Failure,
+    dead_letter_producer,
 )
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner, error_class
@@ -40,12 +41,51 @@ from esupdater.stats import Stats
 log = logging.getLogger(__name__)
 
 
+#: The `esupdater.error_class` header of a record dead-lettered anew because no handler ran.
+NO_HANDLER_CLASS = "esupdater.redrive.NoHandler"
+
+
 @dataclass
 class RedriveReport:
+    """What became of each record: nothing is counted as applied that did not run.
+
+    `stale`: the handlers ran, and every write they made was versioned and refused because
+    the document already holds a newer change (correct, and nothing lost). `no_handler`:
+    no handler matches the row now (renamed or removed), so nothing ran; the record is
+    dead-lettered anew for a later redrive. Each list holds "where (from where)" lines.
+    """
+
     records: int = 0
     applied: int = 0
     failed_again: int = 0
     failures: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    no_handler: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Everything ran and nothing failed (stale records are fine: the index is newer)."""
+        return not self.failed_again and not self.no_handler
+
+    def lines(self) -> list[str]:
+        """The summary `esupdater redrive` prints."""
+        out = [f"redrive: {self.records} record(s): {self.applied} applied, "
+               f"{len(self.stale)} stale, {len(self.no_handler)} with no handler now, "
+               f"{self.failed_again} failed again"]
+        out += [f"  stale: {where}: not applied, the document holds a newer change"
+                for where in self.stale]
+        out += [f"  no handler now: {where}: nothing ran; dead-lettered anew"
+                for where in self.no_handler]
+        out += [f"  failed again: {where} (dead-lettered anew)" for where in self.failures]
+        return out
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How one record went: the handlers that ran, and where it came from."""
+
+    ran: int
+    source: str
 
 
 def _headers(record: Any) -> dict[str, str]:
@@ -68,9 +108,10 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
     backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
     es = make_elasticsearch(settings.elasticsearch)
     writer = BulkWriter(es, BulkLimits(max_in_flight=1), backoff)
-    producer = make_producer(settings.kafka)
+    producer = dead_letter_producer(settings)
     consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.group_id}-redrive")
-    dead_letters = DeadLetterTopic(stats, producer, topic, backoff)
+    dead_letters = DeadLetterTopic(stats, producer, topic, backoff,
+                                   settings.dead_letter.max_request_size)
     runner = HandlerRunner(writer, es, stats, dead_letters,
                            max_attempts=settings.dead_letter.max_attempts, backoff=backoff)
     await writer.start()
@@ -83,7 +124,8 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await _consume(consumer, ends, runner, registry, stats, report, limit, settings)
+        await _consume(consumer, ends, runner, registry, stats, report, limit, settings,
+                       writer)
     finally:
         await consumer.stop()
         await writer.close()
@@ -101,6 +143,7 @@ async def _consume(
     report: RedriveReport,
     limit: int | None,
     settings: Settings,
+    writer: BulkWriter,
 ) -> None:
     remaining = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
     while remaining and (limit is None or report.records < limit):
@@ -111,11 +154,18 @@ async def _consume(
                     remaining.discard(tp)
                     break
                 before = stats.dead_lettered
-                await _apply(record, runner, registry, settings)
+                applied, stale = writer.applied_writes, writer.stale_writes
+                outcome = await _apply(record, runner, registry, settings)
                 report.records += 1
+                where = f"{tp.topic}/{tp.partition}@{record.offset}"
                 if stats.dead_lettered > before:
-                    report.failed_again += 1
-                    report.failures.append(f"{tp.topic}/{tp.partition}@{record.offset}")
+                    if outcome.ran:
+                        report.failed_again += 1
+                        report.failures.append(where)
+                    else:
+                        report.no_handler.append(f"{where} ({outcome.source})")
+                elif writer.stale_writes > stale and writer.applied_writes == applied:
+                    report.stale.append(f"{where} ({outcome.source})")
                 else:
                     report.applied += 1
                 await consumer.commit({tp: record.offset + 1})  # Kafka commits the next one
@@ -125,10 +175,16 @@ async def _consume(
 
 async def _apply(
     record: Any, runner: HandlerRunner, registry: Registry, settings: Settings
-) -> None:
+) -> _Outcome:
+    """Re-run the record's failed row and handler (or the whole record); when no handler
+    matches it any more, dead-letter it anew rather than count it as applied."""
     headers = _headers(record)
     position = _source_position(headers, record)
     attempts = int(headers.get(H_ATTEMPTS) or 0)
+    row = headers.get(H_ROW) or ""
+    handler = headers.get(H_HANDLER) or ""
+    source = f"from {position}" + (f" row {row}" if row else "") + (
+        f", handler {handler}" if handler else "")
     try:
         changes = decode_record(
             record.value, position, tinyint1_as_bool=settings.worker.tinyint1_as_bool
@@ -136,13 +192,25 @@ async def _apply(
     except CanalDecodeError as exc:
         failure = Failure(position, exc.reason, error_class(exc), attempts=attempts + 1)
         await runner.set_aside.put(record.value, failure)
-        return
-    row = headers.get(H_ROW) or ""
-    handler = headers.get(H_HANDLER) or ""
+        return _Outcome(1, source)  # decoding is what ran, and failed again
+    ran = 0
     for change in changes:
         if row and str(change.row_index) != row:
             continue
         routes = registry.handlers_for(change.database, change.table, change.type)
         if handler:
             routes = tuple(r for r in routes if r.name == handler)
+        ran += len(routes)
         await runner.run(change, routes, record.value)
+    if not ran:
+        wanted = handler or "any handler"
+        failure = Failure(
+            position,
+            f"no handler matches now ({wanted} for row {row or 'any'}); nothing ran: restore "
+            "the handler and redrive again",
+            NO_HANDLER_CLASS, handler=handler, row_index=int(row) if row.isdigit() else None,
+            attempts=attempts,
+        )
+        log.warning("redrive: %s: %s", source, failure.reason)
+        await runner.set_aside.put(record.value, failure)
+    return _Outcome(ran, source)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
+import handlers.shop
 from esupdater.canal import flat_message
 from esupdater.testing import apply, changes_from_canal, make_change
 from handlers.shop import ORDERS_INDEX, USERS_INDEX
@@ -80,6 +83,34 @@ async def test_an_order_whose_id_changes_moves_to_its_new_document() -> None:
     ])
     assert sink.get(ORDERS_INDEX, "5") is None
     assert sink.documents[ORDERS_INDEX]["500"]["id"] == 500
+
+
+async def test_a_replayed_id_change_spares_the_order_inserted_again_under_the_old_id() -> None:
+    """Insert 5, change its id to 500, insert 5 again; a crash before the commit replays all
+    three (one partition, so their versions compare): 5 and 500 must both stay."""
+    scenario = [
+        make_change("shop", "orders_2", "INSERT", order(5), offset=10),
+        make_change("shop", "orders_2", "UPDATE", order(500), old={"id": 5}, offset=11),
+        make_change("shop", "orders_2", "INSERT", order(5, status="again"), offset=12),
+    ]
+    sink = await apply(scenario)
+    await apply(scenario, sink=sink)  # the replay
+    assert sorted(sink.documents[ORDERS_INDEX], key=int) == ["5", "500"]
+    assert sink.documents[ORDERS_INDEX]["5"]["status"] == "again"
+
+
+async def test_the_old_order_is_deleted_unversioned_when_canal_hashes_orders_by_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Then the old id's versions come from another partition and do not compare."""
+    monkeypatch.setattr(handlers.shop, "ORDERS_IN_ONE_PARTITION", False)
+    sink = await apply([
+        make_change("shop", "orders_2", "INSERT", order(5)),
+        make_change("shop", "orders_2", "UPDATE", order(500), old={"id": 5}),
+    ])
+    deletes = [action for action in sink.actions if action["_op_type"] == "delete"]
+    assert deletes == [{"_op_type": "delete", "_index": ORDERS_INDEX, "_id": "5"}]
+    assert sink.get(ORDERS_INDEX, "5") is None
 
 
 async def test_ddl_on_a_shard_writes_nothing() -> None:
