@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from esupdater import __version__, main_loop
@@ -16,7 +17,12 @@ from esupdater.errors import ConfigError, EsupdaterError
 from esupdater.logs import setup_logging
 from esupdater.routing import default_registry, load_handlers
 from esupdater.runtime import read_running_pid, read_stats, wait_for_stop
-from esupdater.settings import Settings, load_settings
+from esupdater.settings import (
+    Settings,
+    cleartext_credentials,
+    load_settings,
+    no_handlers_message,
+)
 
 app = typer.Typer(
     help="Keep Elasticsearch documents in step with MySQL: Canal row changes from Kafka, "
@@ -44,7 +50,15 @@ def _settings(path: Path | None) -> Settings:
     try:
         return load_settings(path)
     except EsupdaterError as exc:
-        err.print(f"[red]invalid settings[/red]\n{exc}", highlight=False)
+        err.print(f"[red]invalid settings[/red]\n{escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _running_pid(runtime_dir: Path) -> int | None:
+    try:
+        return read_running_pid(runtime_dir)
+    except ConfigError as exc:  # a pidfile that is a symbolic link
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
 
@@ -73,10 +87,10 @@ def run(settings: SettingsOption = None) -> None:
     try:
         main_loop.run(serve(config))
     except ConfigError as exc:
-        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     except EsupdaterError as exc:  # already running
-        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -91,7 +105,7 @@ def stop(
     """Ask the running instance to drain and exit; wait for it (exit 0 when it has)."""
     config = _settings(settings)
     runtime_dir = config.runtime.dir
-    pid = read_running_pid(runtime_dir)
+    pid = _running_pid(runtime_dir)
     if pid is None:
         err.print(f"esupdater is not running (runtime dir {runtime_dir})")
         raise typer.Exit(1)
@@ -109,7 +123,7 @@ def stop(
 def status(settings: SettingsOption = None) -> None:
     """Running or not, pid, uptime, rows/s, lag and error counts (exit 1 when not running)."""
     config = _settings(settings)
-    pid = read_running_pid(config.runtime.dir)
+    pid = _running_pid(config.runtime.dir)
     if pid is None:
         out.print(f"esupdater is not running (runtime dir {config.runtime.dir})")
         raise typer.Exit(1)
@@ -135,8 +149,9 @@ def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("in flight", str(stats.get("in_flight", 0))),
         ("lag", f"{sum(lag.values())} ({', '.join(f'{k}={v}' for k, v in lag.items()) or '-'})"),
     ]
-    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered", "unrouted",
-                "es_retries", "stale_writes"):
+    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered",
+                "dead_letters_truncated", "unrouted",
+                "es_retries", "writes_applied", "stale_writes"):
         rows.append((key.replace("_", " "), str(stats.get(key, 0))))
     return rows
 
@@ -148,9 +163,11 @@ def check(settings: SettingsOption = None) -> None:
     try:
         modules = load_handlers(config.handlers.package, default_registry)
     except EsupdaterError as exc:
-        err.print(f"[red]handlers: {exc}[/red]", highlight=False)
+        err.print(f"[red]handlers: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}")
+    for warning in cleartext_credentials(config):
+        err.print(f"[yellow]WARNING: {escape(warning)}[/yellow]", highlight=False)
     table = Table(title="routes", title_justify="left")
     table.add_column("pattern")
     table.add_column("types")
@@ -159,7 +176,7 @@ def check(settings: SettingsOption = None) -> None:
         table.add_row(route.pattern, ", ".join(sorted(route.types)), route.name)
     out.print(table)
     if not default_registry.routes:
-        err.print(f"no handlers registered in package {config.handlers.package!r}")
+        err.print(escape(no_handlers_message(config.handlers.package)), highlight=False)
         raise typer.Exit(EXIT_CONFIG)
 
 
@@ -172,7 +189,13 @@ def redrive(
 ) -> None:
     """Feed dead-lettered records through the handlers again (after a fix); report the outcome.
 
-    Exit 0 when everything applied, 1 when some failed again (they are dead-lettered anew).
+    Each record is reported applied, stale (versioned writes refused: the document already
+    holds a newer change), with no handler now (nothing ran) or failed again; the last two
+    are dead-lettered anew. Exit 0 when everything ran, 1 otherwise.
+
+    Warning: a row is re-applied as it was when it failed. With unversioned writes (upsert,
+    update, index or delete without version=) it replaces whatever newer state the document
+    has reached since; only versioned writes keep the newer one.
     """
     from esupdater.redrive import redrive as run_redrive
 
@@ -182,13 +205,11 @@ def redrive(
         load_handlers(config.handlers.package, default_registry)
         report = main_loop.run(run_redrive(config, default_registry, limit))
     except EsupdaterError as exc:
-        err.print(f"[red]esupdater: {exc}[/red]", highlight=False)
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
-    out.print(f"redrive: {report.records} record(s): {report.applied} applied, "
-              f"{report.failed_again} failed again")
-    for where in report.failures:
-        out.print(f"  failed again: {where} (dead-lettered anew)")
-    if report.failed_again:
+    for line in report.lines():
+        out.print(line, markup=False, highlight=False)
+    if not report.ok:
         raise typer.Exit(1)
 
 

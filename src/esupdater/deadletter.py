@@ -4,6 +4,13 @@ With a `[dead_letter] topic` the original bytes go there with headers saying why
 from; `esupdater redrive` feeds them through the handlers again after a fix. Without one,
 `on_failure` decides: `block` holds the partition and repeats the error until it is fixed,
 `skip` logs and counts.
+
+Kafka refuses two kinds of dead letter as they come: one larger than the producer's
+`max_request_size` or the topic's `max.message.bytes`, and a tombstone (no value) without a
+key. A too-large one is sent as a pointer instead (an empty value, the headers, and
+`esupdater.value_omitted`), counted and logged as an error: the record itself stays in the
+source topic, where the headers say, until that topic's retention removes it. A tombstone is
+sent as a tombstone, keyed by its source position.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from esupdater.backoff import Backoff
 from esupdater.change import Position
+from esupdater.clients import make_producer
+from esupdater.settings import Settings
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,25 @@ H_OFFSET = "esupdater.source_offset"
 H_ROW = "esupdater.row_index"
 H_ATTEMPTS = "esupdater.attempts"
 H_FIRST_SEEN = "esupdater.first_seen"
+#: On a pointer dead letter only: the size in bytes of the value left in the source topic.
+H_VALUE_OMITTED = "esupdater.value_omitted"
+
+#: Header values are cut to this many bytes: a reason may repeat a large bad value, and
+#: a dead letter twice the size of its record may not fit where the record did.
+MAX_HEADER_BYTES = 2048
+
+#: What Kafka answers when a record is too large for the request or the topic.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+def capped(text: str, limit: int = MAX_HEADER_BYTES) -> bytes:
+    """`text` as UTF-8, cut to at most `limit` bytes with a note saying how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return data
+    note_room = len(f" ... [{len(data)} bytes cut]")  # the cut count has at most this many digits
+    head = data[: limit - note_room].decode("utf-8", errors="ignore").encode()
+    return head + f" ... [{len(data) - len(head)} bytes cut]".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +82,8 @@ class Failure:
             where += f" in {self.handler}"
         return f"{where} after {self.attempts} attempt(s): {self.reason} ({self.error_class})"
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self, value_omitted: int | None = None) -> list[tuple[str, bytes]]:
+        """The dead letter's headers, each value at most MAX_HEADER_BYTES."""
         values = {
             H_REASON: self.reason,
             H_ERROR_CLASS: self.error_class,
@@ -66,7 +95,14 @@ class Failure:
             H_ATTEMPTS: str(self.attempts),
             H_FIRST_SEEN: f"{self.first_seen:.3f}",
         }
-        return [(name, value.encode()) for name, value in values.items()]
+        if value_omitted is not None:
+            values[H_VALUE_OMITTED] = str(value_omitted)
+        return [(name, capped(value)) for name, value in values.items()]
+
+
+def dead_letter_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer of dead letters, with `[dead_letter] max_request_size` as its limit."""
+    return make_producer(settings.kafka, max_request_size=settings.dead_letter.max_request_size)
 
 
 class SetAside:
@@ -96,30 +132,69 @@ class DeadLetterTopic(SetAside):
     """Produces failures to the dead-letter topic; waits for Kafka's acknowledgement.
 
     A Kafka outage is transient: the send is retried until it succeeds, and the row's
-    offset is not committed meanwhile, so a dead letter is never lost.
+    offset is not committed meanwhile, so a dead letter is never lost. A dead letter too
+    large for Kafka is not transient: it goes as a pointer to the source record instead.
     """
 
     def __init__(
-        self, stats: Stats, producer: AIOKafkaProducer, topic: str, backoff: Backoff
+        self,
+        stats: Stats,
+        producer: AIOKafkaProducer,
+        topic: str,
+        backoff: Backoff,
+        max_request_size: int | None = None,
     ) -> None:
         super().__init__(stats)
         self.producer = producer
         self.topic = topic
         self.backoff = backoff
+        self.max_request_size = max_request_size
 
     async def put(self, value: bytes | None, failure: Failure) -> None:
+        # aiokafka sends no record without a key or a value; a tombstone's position is unique.
+        key = str(failure.position).encode() if value is None else None
+        try:
+            await self._send(value, key, failure.headers(), too_large_is_final=True)
+        except TOO_LARGE as exc:
+            size = len(value or b"")
+            log.error(
+                "dead letter for %s too large for topic %s (%d bytes; %r): value omitted, "
+                "sent with its headers and %s; the record stays at %s in the source topic "
+                "until its retention removes it. Raise [dead_letter] max_request_size "
+                "(now %s) and the topic's max.message.bytes to keep whole records",
+                failure.position, self.topic, size, exc, H_VALUE_OMITTED, failure.position,
+                self.max_request_size or "the default",
+            )
+            await self._send(b"", None, failure.headers(value_omitted=size),
+                             too_large_is_final=False)
+            self.stats.dead_letters_truncated += 1
+        self.stats.dead_lettered += 1
+        log.error("dead-lettered to %s: %s", self.topic, failure.describe())
+
+    async def _send(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        *,
+        too_large_is_final: bool,
+    ) -> None:
         attempt = 0
         while True:
             try:
-                await self.producer.send_and_wait(
-                    self.topic, value=value, headers=failure.headers()
-                )
-                break
+                await self.producer.send_and_wait(self.topic, value=value, key=key,
+                                                  headers=headers)
+                return
+            except TOO_LARGE:
+                if too_large_is_final:
+                    raise
+                delay = self.backoff.delay(attempt)
+                log.error("even a dead letter without its value is too large for topic %s: "
+                          "raise the topic's max.message.bytes; retrying in %.1fs",
+                          self.topic, delay)
             except KafkaError as exc:
                 delay = self.backoff.delay(attempt)
-                attempt += 1
-                log.warning("dead-letter topic %s unavailable (%r), retrying in %.1fs",
+                log.warning("dead-letter topic %s cannot take the record (%r), retrying in %.1fs",
                             self.topic, exc, delay)
-                await asyncio.sleep(delay)
-        self.stats.dead_lettered += 1
-        log.error("dead-lettered to %s: %s", self.topic, failure.describe())
+            attempt += 1
+            await asyncio.sleep(delay)

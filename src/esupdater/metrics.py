@@ -15,16 +15,18 @@ from esupdater.stats import Stats
 COUNTERS = {
     "records": "Kafka records fetched",
     "rows": "Row changes dispatched to handlers",
-    "rows_done": "Row changes acknowledged by Elasticsearch or set aside",
+    "rows_done": "Row changes finished: their writes acknowledged (applied or stale) or set aside",
     "unrouted": "Row changes with no matching handler",
     "decode_errors": "Records that are not Canal messages",
     "handler_errors": "Rows whose handler kept failing",
     "handler_retries": "Handler retries after an error",
     "rejected": "Actions Elasticsearch refused for good",
     "dead_lettered": "Records or rows set aside",
+    "dead_letters_truncated": "Dead letters too large for Kafka, sent without their value",
     "commits": "Offset commits",
     "bulk_requests": "Bulk requests sent to Elasticsearch",
     "es_retries": "Bulk items retried after a transient Elasticsearch failure",
+    "writes_applied": "Writes Elasticsearch applied (stale ones are counted apart)",
     "stale_writes": "Versioned writes not applied: the document already held a newer change",
 }
 

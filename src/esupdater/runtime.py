@@ -3,12 +3,19 @@
 The lifecycle is the seed tool's: `run` writes its pid and `start`, `stop` writes `stop` and
 waits for the process to go away. The pidfile is `flock`ed for the life of the process, so a
 held lock (not the pid number, which the kernel reuses) is what says "running".
+
+Nothing here writes through a symbolic link: the pidfile is opened with `O_NOFOLLOW` (a
+link there is refused, as someone else's file would be truncated), and the status and
+stats files are replaced by rename, which replaces a link, never its target. The directory
+is created 0700; the files in it are 0644, so making the directory 0755 is enough to let
+other users run `esupdater status`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -21,11 +28,14 @@ from typing import Any, Literal
 
 import orjson
 
-from esupdater.errors import EsupdaterError
+from esupdater.errors import ConfigError, EsupdaterError
 
 PID_FILE = "esupdater.pid"
 STATUS_FILE = "esupdater.status"
 STATS_FILE = "esupdater.stats.json"
+
+#: Mode of a runtime directory esupdater creates: only its owner may put files in it.
+DIR_MODE = 0o700
 
 Status = Literal["start", "stop"]
 STATUSES: frozenset[str] = frozenset({"start", "stop"})
@@ -48,6 +58,36 @@ class AlreadyRunning(EsupdaterError):
             f"esupdater is already running {who} (runtime dir {runtime_dir}); "
             "stop it with `esupdater stop`"
         )
+
+
+class UnsafeRuntimeFile(ConfigError):
+    """A runtime file is a symbolic link: writing it would write wherever the link points."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is a symbolic link; esupdater never writes through one (it would "
+            "truncate the file it points to): remove the link, or set [runtime] dir to a "
+            "directory only this user can write"
+        )
+
+
+def make_runtime_dir(runtime_dir: Path) -> None:
+    """Create the runtime dir 0700 if missing; warn if other users may write in it."""
+    runtime_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    mode = runtime_dir.stat().st_mode
+    if mode & 0o022:  # sticky or not: others could still create files (links) in it
+        log.warning("runtime dir %s is writable by other users (mode %o): they could replace "
+                    "its files; chmod go-w it", runtime_dir, mode & 0o7777)
+
+
+def _open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeRuntimeFile(path) from None
+        raise
 
 
 def parse_pid(text: str) -> int | None:
@@ -79,9 +119,9 @@ class PidFile:
         """Lock the pidfile and write our pid, or raise `AlreadyRunning`."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this PidFile")
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        make_runtime_dir(self.runtime_dir)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -129,7 +169,7 @@ class PidFile:
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
     own = os.fstat(fd)
@@ -143,7 +183,7 @@ def _read_pid_fd(fd: int) -> int | None:
 def read_running_pid(runtime_dir: Path) -> int | None:
     """The pid of the live instance using `runtime_dir`, or None (a stale pidfile is none)."""
     try:
-        fd = os.open(runtime_dir / PID_FILE, os.O_RDONLY)
+        fd = _open_nofollow(runtime_dir / PID_FILE, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -165,7 +205,7 @@ def read_running_pid(runtime_dir: Path) -> int | None:
 
 def _atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
     """Write via a temp file and `os.replace`, so readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -19,15 +19,20 @@ from aiokafka.errors import KafkaError
 
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
-from esupdater.clients import make_consumer, make_elasticsearch, make_producer
+from esupdater.clients import make_consumer, make_elasticsearch
 from esupdater.consumer import Pipeline, rebalance_timeout_ms
-from esupdater.deadletter import BlockOnFailure, DeadLetterTopic, SetAside
+from esupdater.deadletter import (
+    BlockOnFailure,
+    DeadLetterTopic,
+    SetAside,
+    dead_letter_producer,
+)
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner
 from esupdater.metrics import serve_metrics
 from esupdater.routing import Registry, default_registry, load_handlers
 from esupdater.runtime import PidFile, read_status, write_stats, write_status
-from esupdater.settings import Settings
+from esupdater.settings import Settings, cleartext_credentials, no_handlers_message
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -41,9 +46,10 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
         write_status(runtime_dir, "start")
         if registry is default_registry:
             load_handlers(settings.handlers.package, registry)
-        if not registry.routes:
-            log.warning("no handlers registered under %r: every change will be skipped",
-                        settings.handlers.package)
+        if not registry.routes:  # as `esupdater check` refuses it
+            raise ConfigError(no_handlers_message(settings.handlers.package))
+        for warning in cleartext_credentials(settings):
+            log.warning("%s", warning)
         stop = asyncio.Event()
         _install_signal_handlers(stop)
         await _serve(settings, registry, stop)
@@ -67,7 +73,7 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         backoff,
         quiet_retries=settings.bulk.max_retries,
     )
-    producer = make_producer(settings.kafka) if settings.dead_letter.topic else None
+    producer = dead_letter_producer(settings) if settings.dead_letter.topic else None
     set_aside = _set_aside(settings, stats, producer, backoff)
     runner = HandlerRunner(
         writer, es, stats, set_aside,
@@ -163,7 +169,8 @@ def _set_aside(
     settings: Settings, stats: Stats, producer: AIOKafkaProducer | None, backoff: Backoff
 ) -> SetAside:
     if producer is not None and settings.dead_letter.topic:
-        return DeadLetterTopic(stats, producer, settings.dead_letter.topic, backoff)
+        return DeadLetterTopic(stats, producer, settings.dead_letter.topic, backoff,
+                               settings.dead_letter.max_request_size)
     if settings.dead_letter.on_failure == "block":
         return BlockOnFailure(stats)
     return SetAside(stats)
@@ -189,6 +196,7 @@ async def _report(
         stats.bulk_requests = writer.requests
         stats.es_retries = writer.transient_failures
         stats.stale_writes = writer.stale_writes
+        stats.writes_applied = writer.applied_writes
         snapshot = stats.snapshot()
         snapshot.update(
             pid=os.getpid(),

@@ -138,6 +138,8 @@ class ElasticsearchSettings(_Section):
                 "username and password go together (password from the env var "
                 f"{ENV_PREFIX}ELASTICSEARCH{ENV_DELIMITER}PASSWORD)"
             )
+        if self.api_key is not None and self.password is not None:
+            raise ValueError("set either api_key or username and password, not both")
         return self
 
 
@@ -195,6 +197,9 @@ class DeadLetterSettings(_Section):
     topic: OptStr = None
     max_attempts: int = Field(default=5, ge=1, le=1_000)
     on_failure: Literal["block", "skip"] = "block"
+    # The producer's request limit. Kafka's own default (1 MiB) matches the broker's default
+    # message.max.bytes; the floor leaves room for a pointer dead letter's capped headers.
+    max_request_size: int = Field(default=1 * MIB, ge=64 * 1024, le=1024 * MIB)
 
 
 class MetricsSettings(_Section):
@@ -283,6 +288,36 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def cleartext_credentials(settings: Settings) -> list[str]:
+    """Credentials these settings send unencrypted, one warning each naming the setting.
+
+    Allowed (a private network may be fine), but never silently: `run` logs them and
+    `check` prints them.
+    """
+    warnings: list[str] = []
+    kafka = settings.kafka
+    if kafka.security_protocol == "SASL_PLAINTEXT" and kafka.sasl_mechanism == "PLAIN":
+        warnings.append(
+            "kafka.sasl_mechanism = PLAIN with kafka.security_protocol = SASL_PLAINTEXT sends "
+            f"the SASL password in clear to {kafka.bootstrap_servers}: use SASL_SSL"
+        )
+    es = settings.elasticsearch
+    plain = [host for host in es.hosts if host.startswith("http://")]
+    for key, secret in (("password", es.password), ("api_key", es.api_key)):
+        if secret is not None and plain:
+            warnings.append(
+                f"elasticsearch.{key} (env {env_var_name(('elasticsearch', key))}) goes in "
+                f"clear over http:// to {', '.join(plain)}: use https:// hosts"
+            )
+    return warnings
+
+
+def no_handlers_message(package: str) -> str:
+    """Why `check` and `run` refuse a handler package that registers nothing."""
+    return (f"no handlers registered in package {package!r} (handlers.package): every change "
+            "would be skipped and committed; register one with @on(...) in a module of it")
 
 
 def secret_keys() -> Iterator[tuple[str, str]]:

@@ -21,12 +21,16 @@ class Stats:
     handler_errors: int = 0
     handler_retries: int = 0
     rejected: int = 0
+    # Failures that escaped the handlers' own retry and set-aside (retried, never dropped).
+    job_errors: int = 0
     dead_lettered: int = 0
+    dead_letters_truncated: int = 0  # too large for Kafka: sent without their value
     commits: int = 0
     # Copied from the bulk writer by the service's reporter every stats interval.
     bulk_requests: int = 0
     es_retries: int = 0
     stale_writes: int = 0
+    writes_applied: int = 0  # stale writes are acknowledged too, but change nothing
     # Gauges, refreshed by the service's reporter every stats interval.
     lag: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0

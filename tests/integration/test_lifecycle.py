@@ -7,10 +7,12 @@ import re
 import signal
 import sys
 
+import pytest
 from elasticsearch import AsyncElasticsearch
 
 from tests.integration.conftest import TopicFactory
 from tests.integration.service_harness import (
+    HANDLERS_PACKAGE,
     START_TIMEOUT,
     CanalProducer,
     ServiceFactory,
@@ -267,3 +269,98 @@ async def stuck(change, ctx):
     assert stopped.returncode == 1, stopped
     assert "still running after 1 s" in stopped.output, stopped
     assert not service.exited  # still draining (drain_timeout is 20 s)
+
+
+async def test_run_with_no_handlers_registered_exits_2_like_check_and_commits_nothing(
+    esupdater: ServiceFactory, canal: CanalProducer
+) -> None:
+    service = await esupdater("# registers no handler\n")
+    for i in range(5):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()
+
+    service.start()
+
+    assert await service.wait_exit() == 2, service.log_since_start()
+    checked = await service.cli("check")
+    assert checked.returncode == 2, checked
+    refusal = f"no handlers registered in package {HANDLERS_PACKAGE!r}"
+    assert refusal in checked.output, checked
+    assert refusal in squash(service.log_since_start())
+    assert await service.committed_and_end() == {0: (None, 5)}  # nothing skipped past
+    assert not service.pidfile.exists()
+
+
+async def test_run_refuses_a_pidfile_that_is_a_symlink_with_exit_2_and_leaves_its_target(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+    victim = service.workdir / "precious.txt"
+    victim.write_text("keep me\n")
+    service.runtime.mkdir()
+    service.pidfile.symlink_to(victim)
+
+    ran = await service.cli("run", timeout=30)
+    status = await service.cli("status")
+
+    assert ran.returncode == 2, ran
+    assert "runtime/esupdater.pid is a symbolic link" in ran.output, ran  # as configured
+    assert status.returncode == 2, status
+    assert "is a symbolic link" in status.output, status
+    assert victim.read_text() == "keep me\n"
+
+
+SASL_PLAIN_IN_CLEAR = {
+    "ESUPDATER_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "ESUPDATER_KAFKA__SASL_MECHANISM": "PLAIN",
+    "ESUPDATER_KAFKA__SASL_USERNAME": "esupdater",
+    "ESUPDATER_KAFKA__SASL_PASSWORD": "secret-1",
+}
+ES_PASSWORD_OVER_HTTP = {
+    "ESUPDATER_ELASTICSEARCH__USERNAME": "esupdater",
+    "ESUPDATER_ELASTICSEARCH__PASSWORD": "secret-2",
+}
+ES_API_KEY_OVER_HTTP = {"ESUPDATER_ELASTICSEARCH__API_KEY": "secret-3"}
+
+
+@pytest.mark.parametrize(("setting", "env"), [
+    ("kafka.sasl_mechanism", SASL_PLAIN_IN_CLEAR),
+    ("elasticsearch.password", ES_PASSWORD_OVER_HTTP),
+    ("elasticsearch.api_key", ES_API_KEY_OVER_HTTP),
+])
+async def test_check_warns_about_a_credential_sent_in_clear_naming_the_setting(
+    esupdater: ServiceFactory, setting: str, env: dict[str, str]
+) -> None:
+    service = await esupdater(USERS)
+
+    checked = await service.cli("check", env=env)
+
+    assert checked.returncode == 0, checked
+    assert re.search(rf"WARNING: {re.escape(setting)}\b[^\n]*in clear", checked.output), checked
+    assert "secret-" not in checked.output
+
+
+async def test_run_logs_a_warning_for_a_credential_sent_in_clear_naming_the_setting(
+    esupdater: ServiceFactory,
+) -> None:
+    service = await esupdater(USERS)
+
+    service.start(env=ES_PASSWORD_OVER_HTTP)
+    await service.ready()
+
+    warnings = [line for line in service.log_since_start().splitlines()
+                if " WARNING " in line and "in clear" in line]
+    assert any("elasticsearch.password" in line for line in warnings), service.log_since_start()
+    assert "secret-" not in service.log_since_start()
+
+
+async def test_check_is_quiet_about_credentials_over_tls(esupdater: ServiceFactory) -> None:
+    service = await esupdater(USERS, settings={"elasticsearch": {"hosts": ["https://es:9200"]}})
+
+    checked = await service.cli("check", env={
+        **ES_PASSWORD_OVER_HTTP, **SASL_PLAIN_IN_CLEAR,
+        "ESUPDATER_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+    })
+
+    assert checked.returncode == 0, checked
+    assert "in clear" not in checked.output, checked

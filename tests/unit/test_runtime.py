@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from esupdater.errors import ConfigError
 from esupdater.runtime import (
     PID_FILE,
+    STATS_FILE,
     STATUS_FILE,
     AlreadyRunning,
     PidFile,
@@ -86,6 +88,69 @@ def test_acquire_creates_dir_and_writes_our_pid(tmp_path: Path) -> None:
     with PidFile(runtime_dir):
         assert (runtime_dir / PID_FILE).read_text().strip() == str(os.getpid())
         assert read_running_pid(runtime_dir) == os.getpid()
+
+
+def test_a_created_runtime_dir_is_private_to_its_owner(tmp_path: Path) -> None:
+    runtime_dir = tmp_path / "runtime"
+    with PidFile(runtime_dir):
+        assert runtime_dir.stat().st_mode & 0o777 == 0o700
+    write_status(tmp_path / "other", "start")
+    assert (tmp_path / "other").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_pidfile_that_is_a_symlink_is_refused_naming_it_and_its_target_is_untouched(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    runtime_dir = tmp_path / "runtime"
+    runtime_dir.mkdir()
+    (runtime_dir / PID_FILE).symlink_to(victim)
+
+    with pytest.raises(ConfigError, match=rf"{runtime_dir / PID_FILE} is a symbolic link"):
+        PidFile(runtime_dir).acquire()
+
+    assert victim.read_text() == "keep me\n"
+    assert (runtime_dir / PID_FILE).is_symlink()  # left for the user to look at
+
+
+def test_status_and_stop_refuse_a_symlinked_pidfile_too(tmp_path: Path) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text(f"{os.getpid()}\n")
+    (tmp_path / PID_FILE).symlink_to(victim)
+
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        read_running_pid(tmp_path)
+
+
+def test_status_and_stats_files_that_are_symlinks_are_replaced_not_written_through(
+    tmp_path: Path,
+) -> None:
+    victims = {name: tmp_path / f"victim-{name}" for name in (STATUS_FILE, STATS_FILE)}
+    runtime_dir = tmp_path / "runtime"
+    runtime_dir.mkdir()
+    for name, victim in victims.items():
+        victim.write_text("keep me\n")
+        (runtime_dir / name).symlink_to(victim)
+
+    write_status(runtime_dir, "start")
+    write_stats(runtime_dir, {"rows_done": 1})
+
+    for name, victim in victims.items():
+        assert victim.read_text() == "keep me\n"
+        assert not (runtime_dir / name).is_symlink()
+    assert read_status(runtime_dir) == "start"
+
+
+def test_a_runtime_dir_writable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime_dir = tmp_path / "shared"
+    runtime_dir.mkdir()
+    runtime_dir.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="esupdater.runtime"), PidFile(runtime_dir):
+        pass
+    assert f"runtime dir {runtime_dir} is writable by other users" in caplog.text
 
 
 def test_release_removes_the_pidfile(tmp_path: Path) -> None:

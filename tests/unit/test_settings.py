@@ -11,7 +11,13 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from esupdater.errors import EsupdaterError
-from esupdater.settings import Settings, SettingsError, load_settings, secret_keys
+from esupdater.settings import (
+    Settings,
+    SettingsError,
+    cleartext_credentials,
+    load_settings,
+    secret_keys,
+)
 
 REPO_SETTINGS = Path(__file__).resolve().parents[2] / "settings.toml"
 
@@ -219,3 +225,56 @@ def test_repo_settings_toml_lists_and_comments_every_key() -> None:
     for line in text.splitlines():
         if re.match(r"^\w+\s*=", line):
             assert " # " in line, f"uncommented key line: {line}"
+
+
+def test_dead_letter_max_request_size_defaults_to_kafkas_1_mib_and_has_a_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().dead_letter.max_request_size == 1024 * 1024
+    monkeypatch.setenv("ESUPDATER_DEAD_LETTER__MAX_REQUEST_SIZE", "1000")
+    with pytest.raises(SettingsError, match=r"dead_letter\.max_request_size"):
+        load_settings()
+
+
+def test_an_api_key_and_a_password_together_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESUPDATER_ELASTICSEARCH__USERNAME", "u")
+    monkeypatch.setenv("ESUPDATER_ELASTICSEARCH__PASSWORD", "p")
+    monkeypatch.setenv("ESUPDATER_ELASTICSEARCH__API_KEY", "k")
+    with pytest.raises(SettingsError, match="either api_key or username and password"):
+        load_settings()
+
+
+def test_credentials_over_plaintext_are_named_in_one_warning_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA__SASL_MECHANISM": "PLAIN",
+        "KAFKA__SASL_USERNAME": "u", "KAFKA__SASL_PASSWORD": "kafka-secret",
+        "ELASTICSEARCH__HOSTS": "https://a:9200,http://b:9200",
+        "ELASTICSEARCH__USERNAME": "u", "ELASTICSEARCH__PASSWORD": "es-secret",
+    }.items():
+        monkeypatch.setenv(f"ESUPDATER_{name}", value)
+
+    kafka, es = cleartext_credentials(load_settings())
+
+    assert kafka.startswith("kafka.sasl_mechanism = PLAIN with kafka.security_protocol = "
+                            "SASL_PLAINTEXT sends the SASL password in clear")
+    assert es.startswith("elasticsearch.password (env ESUPDATER_ELASTICSEARCH__PASSWORD) "
+                         "goes in clear over http:// to http://b:9200")
+    assert "secret" not in kafka + es
+
+
+@pytest.mark.parametrize("env", [
+    {},  # no credentials at all
+    {"ELASTICSEARCH__API_KEY": "k", "ELASTICSEARCH__HOSTS": "https://a:9200"},
+    {"KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "KAFKA__SASL_MECHANISM": "PLAIN",
+     "KAFKA__SASL_USERNAME": "u", "KAFKA__SASL_PASSWORD": "p"},
+    {"KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+     "KAFKA__SASL_USERNAME": "u", "KAFKA__SASL_PASSWORD": "p"},
+])
+def test_no_warning_when_no_credential_travels_in_clear(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(f"ESUPDATER_{name}", value)
+    assert cleartext_credentials(load_settings()) == []
