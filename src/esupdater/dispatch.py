@@ -15,6 +15,8 @@ from contextlib import suppress
 from functools import partial
 
 Job = Callable[[], Awaitable[None]]
+#: A job's key, its second key (`after`) and its barrier scope: what it is ordered by.
+_Keys = tuple[Hashable, Hashable | None, "tuple[Hashable, ...] | None"]
 
 
 def _wake(waiter: asyncio.Future[None], _: object) -> None:
@@ -46,6 +48,7 @@ class KeyedDispatcher:
         # cancelled before it ran never waited for them, so its successors look through it;
         # the entry is kept until those are done too (rare: only after a cancel).
         self._predecessors: dict[asyncio.Task[None], tuple[asyncio.Task[None], ...]] = {}
+        self._barriers: dict[tuple[Hashable, ...], asyncio.Task[None]] = {}  # unfinished, per scope
         self._closed = False
 
     @property
@@ -68,11 +71,17 @@ class KeyedDispatcher:
         *,
         group: Hashable | None = None,
         after: Hashable | None = None,
-    ) -> asyncio.Future[None]:
+        barrier: tuple[Hashable, ...] | None = None,
+        admit: Callable[[], bool] | None = None,
+    ) -> asyncio.Future[None] | None:
         """Admit `job` (waiting while the pool is full) and return the future of its outcome.
 
         `after`: a second key the job is ordered in as well (a row whose primary key changed
         comes after the old key's jobs, and the old key's later jobs come after it).
+        `barrier`: a key prefix (keys are tuples then); the job runs after every unfinished
+        job whose key starts with it, and every later such job runs after it (a DDL change
+        of a table). `admit`: asked again after waiting for a slot; if it says no (the
+        job's partition was revoked meanwhile), the slot is given back and None returned.
         """
         if self._closed:
             raise RuntimeError("KeyedDispatcher is closed")
@@ -80,23 +89,55 @@ class KeyedDispatcher:
             self._free -= 1
         else:
             await self._admission()
+            if admit is not None and not admit():
+                self._release()
+                return None
+        earlier: list[asyncio.Task[None]] = []
         previous = self._tails.get(key)
-        also = None if after is None else self._tails.get(after)
-        task = asyncio.get_running_loop().create_task(self._run(previous, job, also))
-        earlier = tuple(t for t in (previous, also) if t is not None)
+        if previous is not None:
+            earlier.append(previous)
+        if after is not None and (also := self._tails.get(after)) is not None:
+            earlier.append(also)
+        if barrier is not None:
+            earlier.extend(self._scope_tails(barrier))
+        elif self._barriers:
+            earlier.extend(self._barriers_over(key))
+        task = asyncio.get_running_loop().create_task(self._run(tuple(earlier), job))
         if earlier:
-            self._predecessors[task] = earlier
+            self._predecessors[task] = tuple(earlier)
         self._tails[key] = task
         if after is not None:
             self._tails[after] = task
+        if barrier is not None:
+            self._barriers[barrier] = task
         self._tasks.add(task)
         if group is not None:
             members = self._groups.get(group)
             if members is None:
                 members = self._groups[group] = set()
             members.add(task)
-        task.add_done_callback(partial(self._finished, key, group, after))
+        task.add_done_callback(partial(self._finished, key, group, after, barrier))
         return task
+
+    def _scope_tails(self, scope: tuple[Hashable, ...]) -> list[asyncio.Task[None]]:
+        """The last job of every key under `scope`, and its last barrier: waiting for those
+        is waiting for every job of the scope (each key's jobs run in order). O(keys in
+        flight), paid only by a barrier."""
+        width = len(scope)
+        tails = {
+            task for k, task in self._tails.items()
+            if isinstance(k, tuple) and k[:width] == scope
+        }
+        prior = self._barriers.get(scope)
+        if prior is not None:
+            tails.add(prior)
+        return list(tails)
+
+    def _barriers_over(self, key: Hashable) -> list[asyncio.Task[None]]:
+        """Unfinished barriers whose scope `key` is under (only while a barrier exists)."""
+        if not isinstance(key, tuple):
+            return []
+        return [task for scope, task in self._barriers.items() if key[: len(scope)] == scope]
 
     async def _admission(self) -> None:
         """Wait for a slot, first come first served; a slot is handed over, never raced for."""
@@ -125,12 +166,10 @@ class KeyedDispatcher:
                 self._free -= 1
                 waiter.set_result(None)
 
-    async def _run(
-        self, previous: asyncio.Task[None] | None, job: Job, also: asyncio.Task[None] | None
-    ) -> None:
-        for earlier in (previous, also):
-            if earlier is not None and self._ahead(earlier) is not None:
-                await self._after(earlier)
+    async def _run(self, earlier: tuple[asyncio.Task[None], ...], job: Job) -> None:
+        for previous in earlier:
+            if self._ahead(previous) is not None:
+                await self._after(previous)
         await job()
 
     def _ahead(self, previous: asyncio.Task[None]) -> asyncio.Task[None] | None:
@@ -168,14 +207,16 @@ class KeyedDispatcher:
         key: Hashable,
         group: Hashable | None,
         after: Hashable | None,
+        barrier: tuple[Hashable, ...] | None,
         task: asyncio.Task[None],
     ) -> None:
         self._release()
         self._tasks.discard(task)
+        keys = (key, after, barrier)
         if task.cancelled():
-            self._forget_when_settled(task, key, after)
+            self._forget_when_settled(task, keys)
         else:
-            self._forget(task, key, after)  # it ran, so everything it came after is done
+            self._forget(task, keys)  # it ran, so everything it came after is done
         if not task.cancelled():
             task.exception()  # marks it retrieved; the caller's future still carries it
         if group is not None:
@@ -187,23 +228,24 @@ class KeyedDispatcher:
         if not self._tasks:
             self._wake_drainers(None)
 
-    def _forget_when_settled(
-        self, task: asyncio.Task[None], key: Hashable, after: Hashable | None, *_: object
-    ) -> None:
+    def _forget_when_settled(self, task: asyncio.Task[None], keys: _Keys, *_: object) -> None:
         """Drop a cancelled job's bookkeeping once nothing it came after is unfinished: until
         then its successors must see through it (and bookkeeping stays bounded after)."""
         ahead = self._ahead(task)
         if ahead is not None:
-            ahead.add_done_callback(partial(self._forget_when_settled, task, key, after))
+            ahead.add_done_callback(partial(self._forget_when_settled, task, keys))
         else:
-            self._forget(task, key, after)
+            self._forget(task, keys)
 
-    def _forget(self, task: asyncio.Task[None], key: Hashable, after: Hashable | None) -> None:
+    def _forget(self, task: asyncio.Task[None], keys: _Keys) -> None:
+        key, after, barrier = keys
         self._predecessors.pop(task, None)
         if self._tails.get(key) is task:
             del self._tails[key]  # last job of this key
         if after is not None and self._tails.get(after) is task:
             del self._tails[after]
+        if barrier is not None and self._barriers.get(barrier) is task:
+            del self._barriers[barrier]
 
     def _wake_drainers(self, group: Hashable | None) -> None:
         for waiter in self._drainers.pop(group, ()):

@@ -26,7 +26,12 @@ class PartitionOffsets:
         self._rows_left: dict[int, int] = {}  # offset -> row jobs not yet done
         self._last_done: int | None = None  # end of the contiguous done run
         self._last_tracked: int | None = None
+        self._first_tracked: int | None = None
         self._committed: int | None = None
+        #: The group's committed offset when this process got the partition (for lag).
+        self.start: int | None = None
+        #: Set when the partition was revoked: its rows' results no longer count.
+        self.detached = False
 
     @property
     def pending(self) -> int:
@@ -36,6 +41,19 @@ class PartitionOffsets:
     @property
     def committed(self) -> int | None:
         return self._committed
+
+    @property
+    def last_tracked(self) -> int | None:
+        return self._last_tracked
+
+    @property
+    def low_water(self) -> int | None:
+        """The first offset not known to be done and committed: lag is counted from here."""
+        if self._committed is not None:
+            return self._committed
+        if self.start is not None:
+            return self.start
+        return self._first_tracked
 
     def track(self, offset: int, rows: int) -> None:
         """Register a fetched record, in fetch order, with the number of row jobs it produced."""
@@ -47,6 +65,8 @@ class PartitionOffsets:
                 "(call reset() after a seek or a rebalance)"
             )
         self._last_tracked = offset
+        if self._first_tracked is None:
+            self._first_tracked = offset
         if rows == 0 and not self._order:
             self._last_done = offset  # nothing to wait for, nothing before it
             return
@@ -87,7 +107,8 @@ class PartitionOffsets:
         """Forget everything (revocation, seek): the next owner starts from Kafka's commit."""
         self._order.clear()
         self._rows_left.clear()
-        self._last_done = self._last_tracked = self._committed = None
+        self._last_done = self._last_tracked = self._first_tracked = self._committed = None
+        self.start = None
 
 
 class OffsetTracker(Generic[TP]):
@@ -142,4 +163,6 @@ class OffsetTracker(Generic[TP]):
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop revoked partitions; a later assignment starts fresh from Kafka's commit."""
         for tp in tps:
-            self._partitions.pop(tp, None)
+            partition = self._partitions.pop(tp, None)
+            if partition is not None:
+                partition.detached = True

@@ -171,3 +171,79 @@ async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owne
     await asyncio.sleep(1.0)  # nothing else arrives late
     assert await at(2, list(range(rows)))
     assert "unfinished: cancelled, left uncommitted" in first.log()
+
+
+SATURATING = """
+import asyncio, random
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    ctx.log.info("handling %s#%d", change.position, change.row_index)
+    await asyncio.sleep(random.random() * 0.1)  # uneven: a partition's rows can all end first
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+"""
+
+#: More rows per record than the pool holds: feeding waits for a slot mid-record.
+ROWS_PER_RECORD = 6
+
+
+def _stale_starts(log: str, topic: str) -> list[str]:
+    """Handler starts that continue a revoked partition's feeding: between its revocation and
+    its next assignment, or, after that, a first row that is not the start of a record (a new
+    assignment fetches again from the committed offset, a record boundary)."""
+    revoked: set[int] = set()  # revoked and not yet handling again
+    violations: list[str] = []
+    for line in log.splitlines():
+        if "partitions revoked:" in line:
+            revoked |= {int(p) for p in re.findall(rf"{topic}/(\d+)", line)}
+        elif line.startswith("=====") and " run " in line:
+            revoked.clear()  # a new process
+        elif found := re.search(rf"handling {topic}/(\d+)@(\d+)#(\d+)", line):
+            partition, row_index = int(found[1]), int(found[3])
+            if partition in revoked:
+                revoked.discard(partition)
+                if row_index != 0:
+                    violations.append(line)
+    return violations
+
+
+async def test_no_row_of_a_revoked_partition_runs_after_the_revocation_with_a_full_pool(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    """Eager rebalances revoke every partition and hand most straight back; with the pool
+    full and records longer than the pool, feeding waits for a slot mid-record when that
+    happens. Nothing of the old assignment may run after the revocation, and the process
+    must not trip over the records it fetches again."""
+    rounds = 40
+    rows = ROWS_PER_RECORD * PARTITIONS
+    settings = {"worker": {"max_workers": 4}, "kafka": {"max_poll_records": 20}}
+    first = await (await esupdater(SATURATING, partitions=PARTITIONS, settings=settings)).started()
+
+    async def produce() -> None:
+        for v in range(rounds):
+            for p in range(PARTITIONS):
+                ids = range(p * ROWS_PER_RECORD, (p + 1) * ROWS_PER_RECORD)
+                await canal.rows(first.topic, "users", "UPDATE", [row(i, v=v) for i in ids],
+                                 partition=p)
+        await canal.flush()
+
+    await produce()
+    second = await esupdater(SATURATING, joining=first)
+    for _ in range(4):  # four joins and four leaves while the first member is saturated
+        await second.started()
+        await asyncio.sleep(0.3)
+        stopped = await second.stop()
+        assert stopped.returncode == 0, stopped
+    await eventually(lambda: _all_at(es, first.index, rows, rounds - 1), timeout=120,
+                     what="every row at the last round", service=first)
+    stopped = await first.stop()
+    assert stopped.returncode == 0, stopped
+    assert "tracked after" not in first.log() + second.log()
+    assert first.log().count("partitions revoked") >= 8, first.log()[-5000:]
+    assert _stale_starts(first.log(), first.topic) == []
+    assert await first.lag() == dict.fromkeys(range(PARTITIONS), 0)
+
+
+async def _all_at(es: AsyncElasticsearch, index: str, rows: int, v: int) -> bool:
+    return await doc_count(es, index, {"term": {"v": v}}) == rows

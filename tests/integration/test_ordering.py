@@ -102,3 +102,44 @@ async def test_handlers_sleeping_at_random_still_apply_each_rows_changes_in_binl
     await service.started()
 
     await _applied_in_order(service, es, last)
+
+
+#: Rows indexed after a random pause; TRUNCATE empties the index (what a user's handler for
+#: a truncated table does), as soon as it runs.
+TRUNCATING = """
+import asyncio, random
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    await asyncio.sleep(random.random() * 0.05)
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+
+@on("shop.users", types={"TRUNCATE"})
+async def truncated(change, ctx):
+    # The test server has no _delete_by_query: search what is there and delete it.
+    await ctx.es.indices.refresh(index=INDEX, ignore_unavailable=True)
+    found = await ctx.es.search(index=INDEX, size=1000, ignore_unavailable=True)
+    await ctx.bulk([{"_op_type": "delete", "_index": INDEX, "_id": hit["_id"]}
+                    for hit in found["hits"]["hits"]])
+"""
+
+
+async def test_a_truncate_runs_after_the_tables_earlier_rows_and_before_its_later_ones(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    service = await esupdater(TRUNCATING, settings={"worker": {"max_workers": 500}})
+    for i in range(60):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.ddl(service.topic, "users", "TRUNCATE", "TRUNCATE TABLE users")
+    for i in range(100, 160):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()  # all of it fetched at once: without a barrier it all runs together
+
+    await service.started()
+    await service.rows_done(121, timeout=60)
+
+    await es.indices.refresh(index=service.index)
+    found = await es.search(index=service.index, size=200, query={"match_all": {}})
+    ids = sorted(int(hit["_id"]) for hit in found["hits"]["hits"])
+    assert ids == list(range(100, 160))
