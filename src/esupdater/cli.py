@@ -149,9 +149,9 @@ def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
         ("in flight", str(stats.get("in_flight", 0))),
         ("lag", f"{sum(lag.values())} ({', '.join(f'{k}={v}' for k, v in lag.items()) or '-'})"),
     ]
-    for key in ("decode_errors", "handler_errors", "rejected", "dead_lettered",
+    for key in ("decode_errors", "handler_errors", "job_errors", "rejected", "dead_lettered",
                 "dead_letters_truncated", "unrouted",
-                "es_retries", "writes_applied", "stale_writes"):
+                "es_retries", "es_held", "writes_applied", "stale_writes"):
         rows.append((key.replace("_", " "), str(stats.get(key, 0))))
     return rows
 

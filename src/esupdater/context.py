@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.bulk import Action, BulkSink
 from esupdater.change import Change
+from esupdater.errors import UnawaitedCallError
+
+Result = Coroutine[Any, Any, dict[str, Any]]
 
 _handler_log = logging.getLogger("esupdater.handler")
 
@@ -21,15 +25,22 @@ class Context:
     Each write is queued into the one bulk stream all tasks share and returns the item's
     result when Elasticsearch acknowledged it; a refused item raises `BulkItemError` naming
     index, id and Elasticsearch's reason.
+
+    The write methods are plain functions returning a coroutine, so a call is noticed when
+    it is made: `unawaited_error` tells the runner about one the handler never awaited
+    (its offset would otherwise be committed with nothing written).
     """
 
-    __slots__ = ("_log", "change", "es", "sink")
+    __slots__ = ("_log", "_writes", "change", "es", "sink")
 
     def __init__(self, sink: BulkSink, es: AsyncElasticsearch | None, change: Change) -> None:
         self.sink = sink
         self.change = change
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self.es = es  # type: ignore[assignment]  # None only in the test harness
+        # Every write called: (method, its coroutine); a finished coroutine has no frame.
+        # Any: typing's Coroutine does not declare cr_frame, types.CoroutineType does.
+        self._writes: list[tuple[str, Any]] = []
 
     es: AsyncElasticsearch
     """The client itself, for anything the helpers below do not cover."""
@@ -45,59 +56,96 @@ class Context:
             )
         return self._log
 
-    async def index(
+    def index(
         self, *, index: str, id: str, doc: Mapping[str, Any], version: int | None = None,
         **meta: Any,
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Create or replace the whole document.
 
         With `version` (usually `change.version`) the write is external-versioned: one older
         than the stored document is not applied and returns the item with `"result":
         "stale"` instead of raising.
         """
-        return await self.sink.execute(
-            _versioned({"_op_type": "index", "_index": index, "_id": id, "_source": doc,
-                        **meta}, version)
-        )
+        return self._write("index", _versioned(
+            {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}, version
+        ))
 
-    async def upsert(
-        self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any
-    ) -> dict[str, Any]:
+    def upsert(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into the document, creating it when missing (doc_as_upsert)."""
         _refuse_version("upsert", meta)
-        return await self.sink.execute(
-            {
-                "_op_type": "update", "_index": index, "_id": id,
-                "doc": doc, "doc_as_upsert": True, **meta,
-            }
-        )
+        return self._write("upsert", {
+            "_op_type": "update", "_index": index, "_id": id, "doc": doc, "doc_as_upsert": True,
+            **meta,
+        })
 
-    async def update(
-        self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any
-    ) -> dict[str, Any]:
+    def update(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into an existing document; a missing one is an error."""
         _refuse_version("update", meta)
-        return await self.sink.execute(
-            {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
+        return self._write(
+            "update", {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
         )
 
-    async def delete(
+    def delete(
         self, *, index: str, id: str, version: int | None = None, **meta: Any
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Delete the document; deleting one that is not there is not an error.
 
         `version` as for `index`: a delete older than the stored document is not applied.
         """
-        return await self.sink.execute(
-            _versioned({"_op_type": "delete", "_index": index, "_id": id, **meta}, version)
-        )
+        return self._write("delete", _versioned(
+            {"_op_type": "delete", "_index": index, "_id": id, **meta}, version
+        ))
 
-    async def bulk(self, actions: Iterable[Action]) -> list[dict[str, Any]]:
+    def bulk(self, actions: Iterable[Action]) -> Coroutine[Any, Any, list[dict[str, Any]]]:
         """Several raw bulk actions (helpers' format: `_op_type`, `_index`, `_id`, ...).
 
         They are queued in the given order and all awaited; the first failure is raised
-        after every action has settled, so none is left unobserved.
+        after every action has settled, so none is left unobserved. Writes to one document
+        are applied in the given order, retries included.
         """
+        coroutine = self._gather(actions)
+        self._writes.append(("bulk", coroutine))
+        return coroutine
+
+    def unawaited_error(self, handler: str) -> UnawaitedCallError | None:
+        """The error for writes the handler called and had not finished when it returned.
+
+        The ones never started are closed (no "never awaited" warning at garbage
+        collection); nothing of theirs was sent.
+        """
+        for _, coroutine in self._writes:
+            if coroutine.cr_frame is not None:  # None: finished (or closed unstarted)
+                break
+        else:
+            return None  # the usual case, kept cheap
+        never, running = [], []
+        for method, coroutine in self._writes:
+            if coroutine.cr_frame is None:
+                continue
+            if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                coroutine.close()
+                never.append(f"ctx.{method}(...)")
+            else:
+                running.append(f"ctx.{method}(...)")
+        self._writes.clear()
+        if not (never or running):
+            return None
+        where = f"{handler} ({self.change.position} row {self.change.row_index})"
+        parts = []
+        if never:
+            parts.append(f"{', '.join(never)} {'was' if len(never) == 1 else 'were'} never "
+                         f"awaited in {where}: nothing was written; put `await` before it")
+        if running:
+            parts.append(f"{', '.join(running)} had not finished when {where} returned: "
+                         "await the task or gather running it before returning")
+        return UnawaitedCallError("; ".join(parts))
+
+    def _write(self, method: str, action: Action) -> Result:
+        coroutine = self.sink.execute(action)
+        self._writes.append((method, coroutine))
+        return coroutine
+
+    async def _gather(self, actions: Iterable[Action]) -> list[dict[str, Any]]:
         results = await asyncio.gather(
             *(self.sink.execute(dict(action)) for action in actions), return_exceptions=True
         )

@@ -7,16 +7,13 @@ import logging
 from typing import Protocol
 
 from elasticsearch import AsyncElasticsearch
-from elasticsearch import ConnectionError as EsConnectionError
-from elasticsearch import ConnectionTimeout as EsConnectionTimeout
-from elasticsearch.exceptions import ApiError
 
 from esupdater.backoff import Backoff
-from esupdater.bulk import TRANSIENT_STATUSES, BulkSink
+from esupdater.bulk import BulkSink
 from esupdater.change import Change, Position
 from esupdater.context import Context
 from esupdater.deadletter import Failure, SetAside
-from esupdater.errors import BulkItemError
+from esupdater.errors import FailureKind, HandlerCancelledError, classify
 from esupdater.routing import Route
 from esupdater.stats import Stats
 
@@ -31,13 +28,6 @@ class PartitionGate(Protocol):
     def release(self, position: Position) -> None: ...
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Failures that fix themselves: Elasticsearch busy, restarting, or out of reach."""
-    if isinstance(exc, EsConnectionError | EsConnectionTimeout | TimeoutError):
-        return True
-    return isinstance(exc, ApiError) and exc.status_code in TRANSIENT_STATUSES
-
-
 def error_class(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
@@ -45,11 +35,14 @@ def error_class(exc: BaseException) -> str:
 class HandlerRunner:
     """Runs every matching handler of a change, one after another, in registration order.
 
-    A handler that raises is retried with backoff up to `max_attempts` in all; a document
-    Elasticsearch refuses for good is not retried. Then the row is set aside (dead-letter
-    topic or skip) and the stream goes on, or, in block mode, its partition is held and the
-    handler retried until it succeeds. Transient failures (Elasticsearch down or busy) are
-    retried for as long as they last and never count as attempts.
+    What a failure leads to is its kind (errors.classify): a handler that raises, or returns
+    with a write it did not await, is retried with backoff up to `max_attempts` in all; a
+    document Elasticsearch refuses for good is not retried. Then the row is set aside
+    (dead-letter topic or skip) and the stream goes on, or, in block mode, its partition is
+    held and the handler retried until it succeeds. Transient failures (Elasticsearch down
+    or busy) are retried for as long as they last and never count as attempts; so are held
+    ones (Elasticsearch refusing the client: credentials, blocks, missing index), which also
+    hold the partition and are logged as errors every time.
     """
 
     def __init__(
@@ -76,23 +69,34 @@ class HandlerRunner:
             await self._run_one(change, route, value)
 
     async def _run_one(self, change: Change, route: Route, value: bytes | None) -> None:
-        attempt = 0
+        attempt = 0  # the handler's own failures
+        waits = 0  # transient or held rounds, for their backoff
         failure: Failure | None = None
         held = False
         try:
             while True:
                 attempt += 1
+                ctx = Context(self.sink, self.es, change)
                 try:
-                    await route.handler(change, Context(self.sink, self.es, change))
-                    return
+                    await _call(route, change, ctx)
+                    unawaited = ctx.unawaited_error(route.name)
+                    if unawaited is None:
+                        return
+                    raise unawaited
                 except asyncio.CancelledError:
+                    ctx.unawaited_error(route.name)
                     raise
                 except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
-                    if is_transient(exc):
+                    ctx.unawaited_error(route.name)  # close what it left unstarted
+                    kind = classify(exc)
+                    if kind is FailureKind.TRANSIENT or kind is FailureKind.HELD:
                         attempt -= 1  # not the handler's fault: does not use up attempts
-                        await self._pause(change, route, exc, "transient", attempt)
+                        waits += 1
+                        if kind is FailureKind.HELD and not held:
+                            held = self._hold(change)
+                        await self._pause(change, route, exc, kind.value, waits)
                         continue
-                    permanent = isinstance(exc, BulkItemError)
+                    permanent = kind is FailureKind.REFUSED
                     if not permanent and attempt < self.max_attempts:
                         self.stats.handler_retries += 1
                         await self._pause(change, route, exc, "retrying", attempt)
@@ -106,9 +110,8 @@ class HandlerRunner:
                     if not self.set_aside.blocks:
                         await self.set_aside.put(value, failure)
                         return
-                    if not held and self.gate is not None:
-                        self.gate.hold(change.position)
-                        held = True
+                    if not held:
+                        held = self._hold(change)
                     log.error("BLOCKED %s: partition held until this is fixed "
                               "(set [dead_letter] topic or on_failure = \"skip\")",
                               self._failure(change, route, exc, attempt).describe())
@@ -117,13 +120,25 @@ class HandlerRunner:
             if held and self.gate is not None:
                 self.gate.release(change.position)
 
+    def _hold(self, change: Change) -> bool:
+        """Hold the partition (its offset cannot pass this row anyway); True once held."""
+        if self.gate is not None:
+            self.gate.hold(change.position)
+        return True
+
     async def _pause(
         self, change: Change, route: Route, exc: Exception, why: str, attempt: int
     ) -> None:
-        delay = self.backoff.delay(attempt)
-        log.warning("%s on %s row %d (%s, attempt %d of %d), again in %.1fs: %s: %s",
-                    route.name, change.position, change.row_index, why, attempt,
-                    self.max_attempts, delay, type(exc).__name__, exc)
+        delay = self.backoff.delay(attempt - 1)
+        if why == FailureKind.HELD.value:
+            log.error("HELD %s row %d in %s: Elasticsearch refuses (%s: %s); nothing is set "
+                      "aside and the offset waits; again in %.1fs (wait %d)",
+                      change.position, change.row_index, route.name, type(exc).__name__, exc,
+                      delay, attempt)
+        else:
+            log.warning("%s on %s row %d (%s, attempt %d of %d), again in %.1fs: %s: %s",
+                        route.name, change.position, change.row_index, why, attempt,
+                        self.max_attempts, delay, type(exc).__name__, exc)
         await asyncio.sleep(delay)
 
     @staticmethod
@@ -136,3 +151,17 @@ class HandlerRunner:
             row_index=change.row_index,
             attempts=attempts,
         )
+
+
+async def _call(route: Route, change: Change, ctx: Context) -> None:
+    """Run the handler; a `CancelledError` it raises without this row's task being
+    cancelled is its own failure, not a stop: it must count, or the row would vanish."""
+    try:
+        await route.handler(change, ctx)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise HandlerCancelledError(
+            f"{route.name} raised CancelledError ({exc}) without being cancelled"
+        ) from exc

@@ -195,6 +195,7 @@ async def _report(
         stats.in_flight = pipeline.dispatcher.in_flight
         stats.bulk_requests = writer.requests
         stats.es_retries = writer.transient_failures
+        stats.es_held = writer.held_failures
         stats.stale_writes = writer.stale_writes
         stats.writes_applied = writer.applied_writes
         snapshot = stats.snapshot()

@@ -29,6 +29,7 @@ class Stats:
     # Copied from the bulk writer by the service's reporter every stats interval.
     bulk_requests: int = 0
     es_retries: int = 0
+    es_held: int = 0  # of es_retries: Elasticsearch refusing (401, 403, no index), not busy
     stale_writes: int = 0
     writes_applied: int = 0  # stale writes are acknowledged too, but change nothing
     # Gauges, refreshed by the service's reporter every stats interval.

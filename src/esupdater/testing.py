@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
-from elastic_transport import OrjsonSerializer
 
 from esupdater.bulk import Action
 from esupdater.canal import decode_record
 from esupdater.change import ROW_TYPES, Change, Position, previous_pk
+from esupdater.clients import ExactJsonSerializer
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.routing import Registry, default_registry
@@ -29,8 +32,8 @@ from esupdater.routing import Registry, default_registry
 __all__ = ["MemorySink", "apply", "changes_from_canal", "make_change"]
 
 #: The serializer the service's Elasticsearch client uses (clients.make_elasticsearch), so a
-#: stored document is exactly the JSON Elasticsearch would receive (Decimal -> float, ...).
-_SERIALIZER = OrjsonSerializer()
+#: stored document is exactly the JSON Elasticsearch would receive (Decimal -> exact number).
+_SERIALIZER = ExactJsonSerializer()
 
 Document = dict[str, Any]
 
@@ -173,11 +176,22 @@ def _source_of(action: Action) -> Mapping[str, Any]:
 
 
 def _as_stored(source: Mapping[str, Any]) -> Document:
-    """What Elasticsearch keeps: the JSON the client would send (fails the same way, too)."""
-    stored = orjson.loads(_SERIALIZER.dumps(source))
+    """What Elasticsearch keeps: the JSON the client would send (fails the same way, too).
+
+    A fraction comes back a float, as any JSON reader gives it, unless the float would not
+    be the number in `_source` (123456789012345678.91): then the exact Decimal.
+    """
+    stored = json.loads(_SERIALIZER.dumps(source), parse_float=_json_fraction)
     if not isinstance(stored, dict):
         raise TypeError(f"a document must be a JSON object, got {type(source).__name__}")
     return stored
+
+
+def _json_fraction(text: str) -> float | Decimal:
+    number = float(text)
+    if math.isfinite(number) and Decimal(repr(number)) == Decimal(text):
+        return number
+    return Decimal(text)
 
 
 def _merge(current: Document, doc: Document) -> Document:
@@ -278,11 +292,19 @@ async def apply(
 
     Handlers come from `registry` (default: the one `@on` registers into, so
     import your handler modules first). A handler's exception propagates as is: no retries, no
-    dead-letter topic. Returns the sink, new or given, to read `documents` from.
+    dead-letter topic. A handler that returns with a write it did not await (`ctx.index(...)`
+    without `await`) raises `UnawaitedCallError`, as the service counts it as a failure.
+    Returns the sink, new or given, to read `documents` from.
     """
     routes = default_registry if registry is None else registry
     target = MemorySink() if sink is None else sink
     for change in [changes] if isinstance(changes, Change) else changes:
         for route in routes.handlers_for(change.database, change.table, change.type):
-            await route.handler(change, Context(target, None, change))
+            ctx = Context(target, None, change)
+            try:
+                await route.handler(change, ctx)
+            finally:
+                unawaited = ctx.unawaited_error(route.name)
+            if unawaited is not None:
+                raise unawaited
     return target

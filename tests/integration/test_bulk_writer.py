@@ -12,9 +12,12 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.clients import make_elasticsearch
+from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.settings import ElasticsearchSettings
+from esupdater.testing import make_change
 from tests.integration.conftest import ELASTICSEARCH
+from tests.integration.es_edge import es_edge, item_errors
 from tests.integration.service_harness import TcpProxy
 from tests.versioning_scenario import run_versioning_scenario
 
@@ -160,3 +163,68 @@ async def test_versioned_writes_older_than_the_document_are_not_applied(
 
     assert writer.stale_writes == 4  # each refusal counted, none raised
     await es.indices.delete(index=unique_name)
+
+
+# -- failure kinds against the real server (errors.py; unit tests in test_bulk_classification) --
+
+
+async def test_a_document_nested_too_deep_to_serialise_is_refused_at_once(
+    writer: BulkWriter, unique_name: str
+) -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(1000):
+        inner["a"] = {}
+        inner = inner["a"]
+    async with asyncio.timeout(20):
+        with pytest.raises(BulkItemError, match="nested too deep"):
+            await writer.execute({"_index": unique_name, "_id": "deep", "_source": deep})
+    assert writer.transient_failures == 0
+
+
+async def test_writes_to_a_write_blocked_index_are_held_until_the_block_is_lifted(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    await es.indices.create(index=unique_name)
+    await es.indices.put_settings(index=unique_name, settings={"index.blocks.write": True})
+    try:
+        held = asyncio.create_task(
+            writer.execute({"_index": unique_name, "_id": "1", "_source": {"v": 1}})
+        )
+        await asyncio.sleep(1.5)  # several retries at 0.05-0.5 s
+        assert not held.done()  # not refused: a block is not the document's fault
+        assert writer.held_failures >= 2
+    finally:
+        await es.indices.put_settings(index=unique_name, settings={"index.blocks.write": None})
+    assert (await asyncio.wait_for(held, 20))["result"] == "created"
+    await es.indices.delete(index=unique_name)
+
+
+async def test_writes_to_one_document_keep_their_order_when_elasticsearch_answers_429(
+    es: AsyncElasticsearch, es_url: str, unique_name: str
+) -> None:
+    """Both writes of a ctx.bulk get 429 on the first request; each retries with its own
+    jittered backoff, and the second must still be the one that stays. The 429 comes from
+    an edge relay (tests/integration/es_edge.py): the local server gives none on demand."""
+    async with es_edge(es_url) as edge:
+        edge.answer = lambda n, actions: (
+            item_errors(actions, 429, "es_rejected_execution_exception") if n == 1 else None
+        )
+        client = make_elasticsearch(ElasticsearchSettings(hosts=[edge.url]))
+        bulk = BulkWriter(client, BulkLimits(max_in_flight=2), Backoff(0.05, 0.5))
+        await bulk.start()
+        try:
+            for trial in range(10):
+                edge.bulk_requests = 0  # the first request of each trial gets the 429s
+                ctx = Context(bulk, None, make_change("shop", "users", "INSERT", {"id": trial}))
+                await ctx.bulk([
+                    {"_index": unique_name, "_id": str(trial), "_source": {"v": 1}},
+                    {"_index": unique_name, "_id": str(trial), "_source": {"v": 2}},
+                ])
+            assert edge.answered == 10
+            for trial in range(10):
+                assert (await es.get(index=unique_name, id=str(trial)))["_source"] == {"v": 2}
+        finally:
+            await bulk.close()
+            await client.close()
+            await es.indices.delete(index=unique_name, ignore_unavailable=True)

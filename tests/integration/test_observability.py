@@ -88,3 +88,44 @@ async def test_metrics_and_status_count_rows_stale_writes_and_lag(
     assert re.search(rf"rows done\s+{ROWS}\b", status.stdout), status.stdout
     assert re.search(rf"stale writes\s+{ROWS}\b", status.stdout), status.stdout
     assert re.search(r"lag\s+0\b", status.stdout), status.stdout
+
+
+STUCK_ON_ONE = """
+from esupdater import on
+
+@on("shop.users")
+async def sync_user(change, ctx):
+    if change.pk == "0":
+        raise RuntimeError("row 0 cannot be written")
+    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+"""
+
+
+async def test_a_partition_stuck_on_its_first_record_after_a_restart_shows_its_lag(
+    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    """Block mode holds the partition at row 0; lag is counted from the group's committed
+    offset, so it shows even though this process never committed anything there."""
+    service = await esupdater(STUCK_ON_ONE, settings={
+        "dead_letter": {"max_attempts": 1, "on_failure": "block"},
+    })
+    for i in range(1, 6):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()
+    await service.started()
+    await wait_count(es, service.index, 5, service=service)
+    assert (await service.stop()).returncode == 0
+    assert await service.lag() == {0: 0}  # everything so far is committed
+
+    for i in (0, 6, 7):  # row 0 blocks the partition at its first record after the restart
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.flush()
+    await service.started()
+
+    async def lag_reported() -> dict[str, int] | None:
+        lag = (service.stats() or {}).get("lag") or {}
+        return lag if lag.get(f"{service.topic}/0") == 3 else None
+
+    await eventually(lag_reported, timeout=30, what="lag 3 in the stats", service=service)
+    status = await service.cli("status")
+    assert re.search(rf"lag\s+3 \({service.topic}/0=3\)", status.stdout), status.stdout

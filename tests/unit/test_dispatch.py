@@ -336,3 +336,62 @@ async def test_bookkeeping_is_empty_again_after_cancels_and_second_keys() -> Non
     await settle()
     assert dispatcher.keys_in_flight == 0
     assert dispatcher._predecessors == {}
+
+
+async def test_a_barrier_runs_after_every_earlier_job_of_its_scope_and_before_every_later_one(
+) -> None:
+    dispatcher = KeyedDispatcher(10)
+    log: list[Any] = []
+    gates = {name: asyncio.Event() for name in ("row1", "row2", "other")}
+    await dispatcher.submit(("db", "t", "1"), blocked(gates["row1"], log, "row1"))
+    await dispatcher.submit(("db", "t", "2"), blocked(gates["row2"], log, "row2"))
+    await dispatcher.submit(("db", "u", "1"), blocked(gates["other"], log, "other"))
+    await dispatcher.submit(("db", "t", ""), blocked(asyncio.Event(), log, "ddl-never"),
+                            barrier=("db", "t"))
+    await dispatcher.submit(("db", "t", "3"), blocked(asyncio.Event(), log, "row3"))
+    await settle()
+    assert sorted(tag for _, tag in log) == ["other", "row1", "row2"]  # other tables go on
+    gates["row1"].set()
+    await settle()
+    assert ("start", "ddl-never") not in log  # row 2 is still running
+    gates["row2"].set()
+    await settle()
+    assert log[-1] == ("start", "ddl-never")
+    assert ("start", "row3") not in log  # later rows of the table wait for the barrier
+    dispatcher.cancel_all()
+    assert await dispatcher.drain(timeout=1)
+
+
+async def test_barrier_bookkeeping_is_empty_again_after_the_barrier_and_its_successors() -> None:
+    dispatcher = KeyedDispatcher(10)
+    gate = asyncio.Event()
+    await dispatcher.submit(("db", "t", "1"), blocked(gate))
+    barrier = await dispatcher.submit(("db", "t", ""), blocked(gate), barrier=("db", "t"))
+    assert barrier is not None
+    barrier.cancel()
+    await dispatcher.submit(("db", "t", "2"), blocked(gate))
+    gate.set()
+    assert await dispatcher.drain(timeout=1)
+    await settle()
+    assert dispatcher.keys_in_flight == 0
+    assert dispatcher._predecessors == {}
+    assert dispatcher._barriers == {}
+
+
+async def test_a_submit_refused_after_waiting_for_a_slot_gives_the_slot_back() -> None:
+    dispatcher = KeyedDispatcher(1)
+    gate = asyncio.Event()
+    await dispatcher.submit("a", blocked(gate))
+    refused = asyncio.create_task(dispatcher.submit("b", blocked(gate), admit=lambda: False))
+    await settle()
+    gate.set()
+    assert await refused is None
+    assert await dispatcher.drain(timeout=1)
+    ran: list[str] = []
+
+    async def job() -> None:
+        ran.append("c")
+
+    await asyncio.wait_for(dispatcher.submit("c", job), 1)  # the slot is free again
+    assert await dispatcher.drain(timeout=1)
+    assert ran == ["c"]
