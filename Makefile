@@ -31,20 +31,20 @@ unit: install  ## unit tests only (no servers)
 	$(BIN)/pytest -q tests/unit
 
 lint: install  ## ruff + mypy --strict
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy --strict src/esupdater bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/mypy --strict src/esupdater bench tools tests/integration/handlers
 
 demo: install up  ## see it work: a shop's binlog through Kafka and esupdater into Elasticsearch, verified
-	$(BIN)/python stack/demo.py
+	$(BIN)/python -m tools.demo
 
 proto: install  ## regenerate the Canal protobuf module and its typed stub
 	cd src/esupdater/canal && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
 	  --python_out=. --mypy_out=. canal.proto
 
-bench: install up  ## throughput vs ceilings and the seed's shape, latency, RSS -> bench/results.json
+bench: install up  ## throughput vs ceilings and the seed's shape, latency, RSS -> bench/results/
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-soak: install up  ## 1,000,000 Canal rows through one process; verifies the index, reports peak RSS
+soak: install up  ## 1,000,000 Canal rows through one process; verifies the index, peak RSS -> bench/results/
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:

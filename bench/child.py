@@ -22,7 +22,7 @@ from typing import Any
 
 import uvloop
 
-from bench.stack import peak_rss_mb
+from bench.lib.stack import peak_rss_mb
 from esupdater import Change, Context, Registry, clients, service
 from esupdater.logs import setup_logging
 from esupdater.settings import (

@@ -1,4 +1,5 @@
-"""`make bench`: ceilings, the seed-shaped baseline and esupdater, on one machine in one run.
+"""`make bench`: ceilings, a baseline shaped like the seed (the PHP tool esupdater replaces:
+bench/lib/baseline.py) and esupdater, on one machine in one run.
 
 Steps: produce the dataset twice (1-row and 10-row Canal messages, same rows) as a backlog;
 ceiling A (raw consume) per topic; ceiling B (raw bulk); baseline C (per-message, seed shape);
@@ -17,15 +18,15 @@ from pathlib import Path
 import uvloop
 from rich.console import Console
 
-from bench import baseline, ceilings, latency
-from bench.dataset import Census, produce_backlog
-from bench.e2e import RunResult, Variant, run_esupdater
 from bench.hotspots import summarise
-from bench.machine import describe
-from bench.report import Results, print_table, write_json
-from bench.stack import Stack
+from bench.lib import baseline, ceilings, latency
+from bench.lib.dataset import Census, produce_backlog
+from bench.lib.e2e import RunResult, Variant, run_esupdater
+from bench.lib.machine import describe
+from bench.lib.report import Results, print_table, write_json
+from bench.lib.stack import Stack
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
 SHAPES = (1, 10)  # rows per Canal message
 console = Console()
 if not console.is_terminal:  # `make bench | tee`: do not squeeze the table into 80 columns
@@ -134,8 +135,8 @@ def _notes(args: argparse.Namespace) -> list[str]:
         "the end offsets); includes up to commit_interval_ms (1 s) of commit delay; the "
         "process start and group join are reported apart (startup_seconds).",
         "A: per message shape, rows carried by the records read; B: same documents, "
-        "chunk_size/max_chunk_bytes as esupdater's defaults, max_in_flight streams, best of "
-        f"{args.ceiling_runs} runs.",
+        "chunk_size/max_chunk_bytes as esupdater's defaults, max_requests_in_flight streams, "
+        f"best of {args.ceiling_runs} runs.",
         f"C: the first {args.baseline_rows:,} rows (or {args.baseline_seconds:g}s) of the 1-row "
         "topic, one handler call, one ES request and one commit per message.",
         "Variants marked by target are the default configuration (uvloop + orjson).",

@@ -25,11 +25,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 from elasticsearch import AsyncElasticsearch
 
+from bench.lib.stack import peak_rss_mb
 from esupdater.canal import flat_message
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
-KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
-ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
-ROOT = Path(__file__).resolve().parent.parent
+#: Where the figures go (the README quotes them).
+RESULT = Path(__file__).resolve().parent / "results" / "soak.json"
 TYPES = {
     "id": "bigint(20)", "name": "varchar(64)", "email": "varchar(128)", "city": "varchar(32)",
     "balance": "decimal(12,2)", "vip": "tinyint(1)", "updated_at": "datetime",
@@ -92,13 +93,6 @@ async def produce(
     finally:
         await producer.stop()
     return expected
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def lag(topic: str, group: str, partitions: int) -> int:
@@ -185,7 +179,7 @@ async def main(args: argparse.Namespace) -> int:
         "verified_sample": args.sample, "problems": problems[:20], "exit_code": child.returncode,
     }
     print(json.dumps(result, indent=2))
-    (ROOT / "bench" / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
     if not args.keep:
         await admin.delete_topics([topic])
         es = AsyncElasticsearch(ELASTICSEARCH)

@@ -3,15 +3,23 @@
 Handlers import everything they need from here::
 
     from esupdater import Change, Context, on
+
+The test harness (`apply`, `MemorySink`, `make_change`, `changes_from_canal`, from
+esupdater.testing) is importable from here too, but loads only when one of them is used.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from esupdater.change import Change, Position
 from esupdater.context import Context
-from esupdater.errors import BulkItemError, EsupdaterError
+from esupdater.errors import BulkItemError, DecodeError, EsupdaterError
+from esupdater.lazy import lazy_names
 from esupdater.routing import Registry, on
-from esupdater.testing import MemorySink, apply, changes_from_canal, make_change
+
+if TYPE_CHECKING:
+    from esupdater.testing import MemorySink, apply, changes_from_canal, make_change
 
 __version__ = "0.1.0"
 
@@ -19,6 +27,7 @@ __all__ = [
     "BulkItemError",
     "Change",
     "Context",
+    "DecodeError",
     "EsupdaterError",
     "MemorySink",
     "Position",
@@ -29,3 +38,8 @@ __all__ = [
     "make_change",
     "on",
 ]
+
+
+__getattr__ = lazy_names(__name__, dict.fromkeys(
+    ("MemorySink", "apply", "changes_from_canal", "make_change"), "esupdater.testing"
+))

@@ -10,12 +10,16 @@ Writes to one document keep their order through retries: a write is not sent whi
 earlier one to the same (index, id) waits to be retried, and a write Elasticsearch applied
 while an earlier one of its document failed is sent again after that one (errors.py says
 which failures are retried, held or refused).
+
+The writer counts into the shared `Stats` (bulk_requests, es_retries, es_held, writes_applied,
+stale_writes) and tells its sensor (`stats.sensor`) how long each request took.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from elasticsearch.helpers import BULK_FLUSH, async_streaming_bulk, expand_actio
 
 from esupdater.backoff import Backoff
 from esupdater.errors import BulkItemError, FailureKind, classify, classify_item
+from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +112,12 @@ class BulkWriter:
         backoff: Backoff,
         *,
         quiet_retries: int = 8,
+        stats: Stats | None = None,
     ) -> None:
         self.es = es
         self.limits = limits
         self.backoff = backoff
+        self.stats = Stats() if stats is None else stats
         # Retries of one item logged as warnings; past that, each one is an error: the
         # index is falling behind. Retries themselves never stop (nothing is dropped).
         self.quiet_retries = quiet_retries
@@ -120,14 +127,6 @@ class BulkWriter:
         self._tasks: list[asyncio.Task[None]] = []
         # Unsettled writes per (index, id), in submission order.
         self._order: dict[tuple[Any, Any], list[_Ticket]] = {}
-        self.requests = 0
-        # Retries of items: Elasticsearch busy or away, or refusing (held_failures of them).
-        self.transient_failures = 0
-        self.held_failures = 0
-        # Versioned writes Elasticsearch did not apply because the document was newer.
-        self.stale_writes = 0
-        # Writes acknowledged to their caller as done (stale ones not included).
-        self.applied_writes = 0
 
     async def start(self) -> None:
         self._tasks = [
@@ -179,11 +178,11 @@ class BulkWriter:
                     await earlier.settled.wait()
 
     async def _back_off(self, action: Action, failure: _Retry, attempt: int) -> None:
-        self.transient_failures += 1
+        self.stats.es_retries += 1
         delay = self.backoff.delay(attempt - 1)
         where = f"{action.get('_op_type', 'index')} {action.get('_index')}/{action.get('_id')}"
         if failure.kind is FailureKind.HELD:
-            self.held_failures += 1
+            self.stats.es_held += 1
             log.error(
                 "Elasticsearch refuses %s (%s): held, nothing is set aside and the offset "
                 "waits; retrying (attempt %d) in %.1fs. %s",
@@ -213,7 +212,7 @@ class BulkWriter:
 
     async def _run_lane(self, lane: asyncio.Queue[_Item | None]) -> None:
         """One long-lived `async_streaming_bulk` per lane; restarted after a failed request."""
-        feed = _LaneFeed(self, lane)
+        feed = _LaneFeed(lane, self.limits, self.stats)
         while not feed.stopping:
             feed.sent.clear()
             try:
@@ -231,16 +230,20 @@ class BulkWriter:
                     if stale:
                         # Counted even when its caller is gone: that is the late write of
                         # a revoked partition, which the version kept out.
-                        self.stale_writes += 1
+                        self.stats.stale_writes += 1
                     if not future.done():
                         _resolve(future, action, ticket, ok, info, stale=stale)
                         if not stale and future.done() and future.exception() is None:
-                            self.applied_writes += 1
+                            self.stats.writes_applied += 1
+                    if not feed.sent:
+                        feed.answered(ok=True)
             except (SerializationError, RecursionError):
                 # RecursionError: a document nested too deep for the serializer (or for
                 # the repr in its error message).
+                feed.answered(ok=False)
                 self._fail_unserializable(list(feed.sent))
             except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
+                feed.answered(ok=False)
                 kind = classify(exc)
                 self._fail_all(
                     feed.sent,
@@ -254,23 +257,6 @@ class BulkWriter:
             if not future.done():
                 ticket.failed = True
                 future.set_exception(failure)
-
-    async def _collect(self, lane: asyncio.Queue[_Item | None], batch: list[_Item]) -> bool:
-        """Add to `batch` what arrives while other tasks are still producing; True on stop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.flush_interval
-        while len(batch) < self.limits.chunk_size:
-            if lane.empty():
-                # Let every ready task run once: if none of them queued anything, nothing
-                # more is coming soon and waiting would only add latency.
-                await asyncio.sleep(0)
-                if lane.empty() or loop.time() >= deadline:
-                    return False
-            item = lane.get_nowait()
-            if item is _STOP:
-                return True
-            batch.append(item)
-        return False
 
     def _fail_unserializable(self, batch: list[_Item]) -> None:
         """Refuse the actions that cannot be JSON for good; send the others again at once."""
@@ -305,13 +291,29 @@ class BulkWriter:
 
 
 class _LaneFeed:
-    """The action stream of one lane: batches of what waits, each closed by a flush."""
+    """The action stream of one lane: batches of what waits, each closed by a flush.
 
-    def __init__(self, writer: BulkWriter, lane: asyncio.Queue[_Item | None]) -> None:
-        self.writer = writer
+    It counts each request it closes; the writer, which reads the helper's answers, calls
+    `answered` when the batch on the wire has its answer, for the sensor.
+    """
+
+    def __init__(
+        self, lane: asyncio.Queue[_Item | None], limits: BulkLimits, stats: Stats
+    ) -> None:
         self.lane = lane
+        self.limits = limits
+        self.stats = stats
         self.sent: deque[_Item] = deque()  # handed to the helper, result not seen yet
         self.stopping = False
+        self._started: float | None = None  # when the batch on the wire was handed over
+        self._size = 0
+
+    def answered(self, *, ok: bool) -> None:
+        """The batch on the wire got its answer (ok) or failed as a whole."""
+        if self._started is not None:
+            self.stats.sensor.bulk_request_done(self._size, time.perf_counter() - self._started,
+                                                ok)
+            self._started = None
 
     async def actions(self) -> AsyncIterator[Any]:
         while not self.stopping:
@@ -320,7 +322,7 @@ class _LaneFeed:
                 self.stopping = True
                 return
             batch = [first]
-            self.stopping = await self.writer._collect(self.lane, batch)
+            self.stopping = await self._collect(batch)
             # A caller cancelled while its action waited (its partition was revoked, the
             # drain timed out): that write must not land after the new owner's. A write
             # queued before an earlier one of its document failed waits for that one.
@@ -328,10 +330,28 @@ class _LaneFeed:
             if not batch:
                 continue
             self.sent.extend(batch)  # all of it first: a failure must see every item
+            self._started, self._size = time.perf_counter(), len(batch)
             for action, _, _ in batch:
                 yield action
-            self.writer.requests += 1
+            self.stats.bulk_requests += 1
             yield BULK_FLUSH  # send now: what was waiting is all there is
+
+    async def _collect(self, batch: list[_Item]) -> bool:
+        """Add to `batch` what arrives while other tasks are still producing; True on stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.flush_interval
+        while len(batch) < self.limits.chunk_size:
+            if self.lane.empty():
+                # Let every ready task run once: if none of them queued anything, nothing
+                # more is coming soon and waiting would only add latency.
+                await asyncio.sleep(0)
+                if self.lane.empty() or loop.time() >= deadline:
+                    return False
+            item = self.lane.get_nowait()
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
 
 
 def is_stale(action: Action, info: Mapping[str, Any]) -> bool:

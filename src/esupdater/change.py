@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-#: Row-level types Canal reports; everything else (ALTER, CREATE, ERASE, ...) is DDL.
+#: Row-level change types; each Change of one carries a row.
 ROW_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
+#: Statement-level (DDL) change types: a Change of one carries `sql`, no row. Handlers get
+#: them only by asking (`types={"DDL"}` or by name), and each is a barrier for its table.
+DDL_TYPES = frozenset(
+    {"ALTER", "CREATE", "ERASE", "TRUNCATE", "RENAME", "CINDEX", "DINDEX", "QUERY"}
+)
 
 #: Composite primary keys are joined with this to form `Change.pk`.
 PK_SEPARATOR = ":"

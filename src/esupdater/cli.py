@@ -12,17 +12,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from esupdater import __version__, main_loop
+from esupdater import __version__, bounded_exit
 from esupdater.errors import ConfigError, EsupdaterError
 from esupdater.logs import setup_logging
 from esupdater.routing import default_registry, load_handlers
-from esupdater.runtime import read_running_pid, read_stats, wait_for_stop
+from esupdater.runtime_dir import read_running_pid, read_stats, wait_for_stop
 from esupdater.settings import (
     Settings,
-    cleartext_credentials,
     load_settings,
     no_handlers_message,
+    settings_warnings,
 )
+from esupdater.stats import Stats
+from esupdater.telemetry import Spec, declared
 
 app = typer.Typer(
     help="Keep Elasticsearch documents in step with MySQL: Canal row changes from Kafka, "
@@ -85,7 +87,7 @@ def run(settings: SettingsOption = None) -> None:
     config = _settings(settings)
     setup_logging(config.log.level, config.log.format)
     try:
-        main_loop.run(serve(config))
+        bounded_exit.run(serve(config))
     except ConfigError as exc:
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -137,23 +139,29 @@ def status(settings: SettingsOption = None) -> None:
 
 
 def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """The process rows, then every metric Stats declares with a status label, in order."""
     if not stats:
         return [("stats", "not written yet")]
     uptime = time.time() - float(stats.get("started_at", time.time()))
-    lag: dict[str, int] = stats.get("lag", {})
     rows = [
         ("uptime", f"{uptime:.0f} s"),
         ("group", str(stats.get("group_id", ""))),
         ("rows/s", str(stats.get("rows_per_second", 0))),
-        ("rows done", str(stats.get("rows_done", 0))),
-        ("in flight", str(stats.get("in_flight", 0))),
-        ("lag", f"{sum(lag.values())} ({', '.join(f'{k}={v}' for k, v in lag.items()) or '-'})"),
     ]
-    for key in ("decode_errors", "handler_errors", "job_errors", "rejected", "dead_lettered",
-                "dead_letters_truncated", "unrouted",
-                "es_retries", "es_held", "writes_applied", "stale_writes"):
-        rows.append((key.replace("_", " "), str(stats.get(key, 0))))
+    for name, spec in declared(Stats):
+        if spec.status is not None:
+            rows.append((spec.status, _shown(spec, stats.get(name))))
     return rows
+
+
+def _shown(spec: Spec, value: Any) -> str:
+    """A counter's or gauge's value from the stats file as `status` prints it; a labelled
+    one as its sum and each label's value (None: not in the file yet)."""
+    if spec.labels:
+        by_key: dict[str, Any] = value or {}
+        parts = ", ".join(f"{key}={number}" for key, number in by_key.items())
+        return f"{sum(by_key.values())} ({parts or '-'})"
+    return str(value or 0)
 
 
 @app.command()
@@ -166,7 +174,7 @@ def check(settings: SettingsOption = None) -> None:
         err.print(f"[red]handlers: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}")
-    for warning in cleartext_credentials(config):
+    for warning in settings_warnings(config):
         err.print(f"[yellow]WARNING: {escape(warning)}[/yellow]", highlight=False)
     table = Table(title="routes", title_justify="left")
     table.add_column("pattern")
@@ -203,7 +211,7 @@ def redrive(
     setup_logging(config.log.level, config.log.format)
     try:
         load_handlers(config.handlers.package, default_registry)
-        report = main_loop.run(run_redrive(config, default_registry, limit))
+        report = bounded_exit.run(run_redrive(config, default_registry, limit))
     except EsupdaterError as exc:
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

@@ -15,15 +15,17 @@ sent as a tombstone, keyed by its source position.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from esupdater.backoff import Backoff
+from esupdater.backoff import Backoff, retry
 from esupdater.change import Position
 from esupdater.clients import make_producer
 from esupdater.settings import Settings
@@ -105,14 +107,38 @@ def dead_letter_producer(settings: Settings) -> AIOKafkaProducer:
     return make_producer(settings.kafka, max_request_size=settings.dead_letter.max_request_size)
 
 
-class SetAside:
-    """Skip mode (and the base): log once, count, and let the stream go on."""
+class PartitionGate(Protocol):
+    """Holds a partition (fetching paused, offset stuck) while one of its rows is held."""
 
-    #: True when a failure must hold its partition instead (block mode).
-    blocks = False
+    def hold(self, position: Position) -> None: ...
+
+    def release(self, position: Position) -> None: ...
+
+
+#: Tries a blocked row once more: None when it went through, else why it failed again.
+TryAgain = Callable[[], Awaitable["str | None"]]
+
+
+class SetAside:
+    """Skip mode (and the base): log once, count, and let the stream go on.
+
+    `give_up` is what every caller uses once a row (or a record) cannot be applied; each
+    mode decides there: skip, produce to the dead-letter topic, or block.
+    """
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
+
+    async def give_up(
+        self,
+        value: bytes | None,
+        failure: Failure,
+        *,
+        gate: PartitionGate | None = None,
+        try_again: TryAgain | None = None,
+    ) -> None:
+        """The row cannot be applied: set it aside (this mode), so the stream goes on."""
+        await self.put(value, failure)
 
     async def put(self, value: bytes | None, failure: Failure) -> None:
         self.stats.dead_lettered += 1
@@ -120,12 +146,54 @@ class SetAside:
 
 
 class BlockOnFailure(SetAside):
-    """Block mode: nothing is set aside; the caller keeps retrying and holds the partition."""
+    """Block mode: nothing is set aside. The partition is held and the failure logged again
+    and again; a row is tried again each time (`try_again`) and goes on once it succeeds, a
+    record that cannot be decoded waits for a restart with another `[dead_letter]` setting."""
 
-    blocks = True
+    def __init__(self, stats: Stats, backoff: Backoff) -> None:
+        super().__init__(stats)
+        self.backoff = backoff
+
+    async def give_up(
+        self,
+        value: bytes | None,
+        failure: Failure,
+        *,
+        gate: PartitionGate | None = None,
+        try_again: TryAgain | None = None,
+    ) -> None:
+        if gate is not None:
+            gate.hold(failure.position)
+        try:
+            await retry(partial(self._once_more, failure, try_again), self.backoff,
+                        retry_on=_still_blocked, report=_report_blocked)
+        finally:
+            if gate is not None:
+                gate.release(failure.position)
+
+    @staticmethod
+    async def _once_more(failure: Failure, try_again: TryAgain | None) -> None:
+        reason = failure.reason if try_again is None else await try_again()
+        if reason is not None:
+            raise _Blocked(replace(failure, reason=reason))
 
     async def put(self, value: bytes | None, failure: Failure) -> None:
-        raise RuntimeError("block mode sets nothing aside; the caller retries")  # pragma: no cover
+        raise RuntimeError("block mode sets nothing aside; use give_up")  # pragma: no cover
+
+
+class _Blocked(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+def _still_blocked(exc: BaseException) -> bool:
+    return isinstance(exc, _Blocked)
+
+
+def _report_blocked(exc: BaseException, attempt: int, delay: float) -> None:
+    log.error("BLOCKED %s: partition held until this is fixed (or set [dead_letter] topic or "
+              'on_failure = "skip" and restart); again in %.1fs', exc, delay)
 
 
 class DeadLetterTopic(SetAside):
@@ -179,22 +247,33 @@ class DeadLetterTopic(SetAside):
         *,
         too_large_is_final: bool,
     ) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self.producer.send_and_wait(self.topic, value=value, key=key,
-                                                  headers=headers)
-                return
-            except TOO_LARGE:
-                if too_large_is_final:
-                    raise
-                delay = self.backoff.delay(attempt)
-                log.error("even a dead letter without its value is too large for topic %s: "
-                          "raise the topic's max.message.bytes; retrying in %.1fs",
-                          self.topic, delay)
-            except KafkaError as exc:
-                delay = self.backoff.delay(attempt)
-                log.warning("dead-letter topic %s cannot take the record (%r), retrying in %.1fs",
-                            self.topic, exc, delay)
-            attempt += 1
-            await asyncio.sleep(delay)
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, TOO_LARGE):
+                return not too_large_is_final
+            return isinstance(exc, KafkaError)
+
+        await retry(
+            partial(self.producer.send_and_wait, self.topic, value=value, key=key,
+                    headers=headers),
+            self.backoff, retry_on=retryable, report=self._report_retry,
+        )
+
+    def _report_retry(self, exc: BaseException, attempt: int, delay: float) -> None:
+        if isinstance(exc, TOO_LARGE):
+            log.error("even a dead letter without its value is too large for topic %s: "
+                      "raise the topic's max.message.bytes; retrying in %.1fs", self.topic, delay)
+        else:
+            log.warning("dead-letter topic %s cannot take the record (%r), retrying in %.1fs",
+                        self.topic, exc, delay)
+
+
+def make_set_aside(
+    settings: Settings, stats: Stats, producer: AIOKafkaProducer | None, backoff: Backoff
+) -> SetAside:
+    """The `[dead_letter]` mode: a topic (with `producer`), else block or skip."""
+    if producer is not None and settings.dead_letter.topic:
+        return DeadLetterTopic(stats, producer, settings.dead_letter.topic, backoff,
+                               settings.dead_letter.max_request_size)
+    if settings.dead_letter.on_failure == "block":
+        return BlockOnFailure(stats, backoff)
+    return SetAside(stats)

@@ -24,6 +24,8 @@ from elasticsearch import ApiError
 from elasticsearch import ConnectionError as EsConnectionError
 from elasticsearch import ConnectionTimeout as EsConnectionTimeout
 
+from esupdater.change import Position
+
 
 class FailureKind(enum.Enum):
     TRANSIENT = "transient"
@@ -84,6 +86,22 @@ class UnawaitedCallError(EsupdaterError):
 class HandlerCancelledError(EsupdaterError):
     """A handler raised `CancelledError` while its row was not being cancelled (a library
     that uses it for its own timeouts): counted like any exception of the handler's."""
+
+
+class DecodeError(EsupdaterError, ValueError):
+    """A Kafka record the source format's decoder cannot make Changes of, whatever the format.
+
+    Set aside whole at once: decoding it again gives the same answer. The message names the
+    record (`topic/partition@offset`) and what was wrong, so the dead letter alone tells an
+    operator where to look; `reason` is that without the position. The consume loop and
+    redrive catch it themselves; its `kind` stays the default, so a handler that raises one
+    (decoding something of its own) is retried like any exception of its own.
+    """
+
+    def __init__(self, position: Position, reason: str) -> None:
+        super().__init__(f"{position}: {reason}")
+        self.position = position
+        self.reason = reason
 
 
 class ConfigError(EsupdaterError):

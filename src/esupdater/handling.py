@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from functools import partial
 
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkSink
-from esupdater.change import Change, Position
+from esupdater.change import Change
 from esupdater.context import Context
-from esupdater.deadletter import Failure, SetAside
+from esupdater.deadletter import Failure, PartitionGate, SetAside
 from esupdater.errors import FailureKind, HandlerCancelledError, classify
 from esupdater.routing import Route
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
-
-
-class PartitionGate(Protocol):
-    """Holds a partition while one of its rows is blocked (on_failure = "block")."""
-
-    def hold(self, position: Position) -> None: ...
-
-    def release(self, position: Position) -> None: ...
 
 
 def error_class(exc: BaseException) -> str:
@@ -65,13 +57,22 @@ class HandlerRunner:
         self.gate = gate
 
     async def run(self, change: Change, routes: tuple[Route, ...], value: bytes | None) -> None:
+        sensor = self.stats.sensor  # told how each route's run went (telemetry.Sensor)
+        clock = asyncio.get_running_loop().time
         for route in routes:
-            await self._run_one(change, route, value)
+            started, outcome = clock(), "failed"
+            try:
+                await self._run_one(change, route, value)
+                outcome = "done"
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                sensor.handler_done(route, change, clock() - started, outcome)
 
     async def _run_one(self, change: Change, route: Route, value: bytes | None) -> None:
         attempt = 0  # the handler's own failures
         waits = 0  # transient or held rounds, for their backoff
-        failure: Failure | None = None
         held = False
         try:
             while True:
@@ -101,24 +102,32 @@ class HandlerRunner:
                         self.stats.handler_retries += 1
                         await self._pause(change, route, exc, "retrying", attempt)
                         continue
-                    if failure is None:
-                        failure = self._failure(change, route, exc, attempt)
-                        if permanent:
-                            self.stats.rejected += 1
-                        else:
-                            self.stats.handler_errors += 1
-                    if not self.set_aside.blocks:
-                        await self.set_aside.put(value, failure)
-                        return
-                    if not held:
-                        held = self._hold(change)
-                    log.error("BLOCKED %s: partition held until this is fixed "
-                              "(set [dead_letter] topic or on_failure = \"skip\")",
-                              self._failure(change, route, exc, attempt).describe())
-                    await asyncio.sleep(self.backoff.delay(attempt))
+                    if permanent:
+                        self.stats.rejected += 1
+                    else:
+                        self.stats.handler_errors += 1
+                    # Skip, dead-letter, or (block mode) hold and try again until it works.
+                    await self.set_aside.give_up(
+                        value, self._failure(change, route, exc, attempt), gate=self.gate,
+                        try_again=partial(self._try_again, change, route),
+                    )
+                    return
         finally:
             if held and self.gate is not None:
                 self.gate.release(change.position)
+
+    async def _try_again(self, change: Change, route: Route) -> str | None:
+        """One more run of a blocked row's handler: None if it went through, else why not."""
+        ctx = Context(self.sink, self.es, change)
+        try:
+            await _call(route, change, ctx)
+            unawaited = ctx.unawaited_error(route.name)
+            if unawaited is not None:
+                raise unawaited
+        except Exception as exc:  # noqa: BLE001 - reported by the block loop, tried again
+            ctx.unawaited_error(route.name)
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _hold(self, change: Change) -> bool:
         """Hold the partition (its offset cannot pass this row anyway); True once held."""

@@ -10,17 +10,16 @@ dead-lettered again.
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from esupdater.backoff import Backoff
-from esupdater.bulk import BulkLimits, BulkWriter
-from esupdater.canal import CanalDecodeError, decode_record
 from esupdater.change import Position
-from esupdater.clients import make_consumer, make_elasticsearch, topic_partitions
+from esupdater.clients import make_consumer, topic_partitions
+from esupdater.components import Components, close_bounded, components
 from esupdater.deadletter import (
     H_ATTEMPTS,
     H_HANDLER,
@@ -28,15 +27,13 @@ from esupdater.deadletter import (
     H_PARTITION,
     H_ROW,
     H_TOPIC,
-    DeadLetterTopic,
     Failure,
-    dead_letter_producer,
 )
+from esupdater.decoding import DecodeError, Decoder
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner, error_class
 from esupdater.routing import Registry
 from esupdater.settings import Settings
-from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -104,47 +101,29 @@ async def redrive(settings: Settings, registry: Registry, limit: int | None) -> 
     if not topic:
         raise ConfigError("redrive needs [dead_letter] topic (ESUPDATER_DEAD_LETTER__TOPIC)")
     report = RedriveReport()
-    stats = Stats()
-    backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
-    es = make_elasticsearch(settings.elasticsearch)
-    writer = BulkWriter(es, BulkLimits(max_in_flight=1), backoff)
-    producer = dead_letter_producer(settings)
-    consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.group_id}-redrive")
-    dead_letters = DeadLetterTopic(stats, producer, topic, backoff,
-                                   settings.dead_letter.max_request_size)
-    runner = HandlerRunner(writer, es, stats, dead_letters,
-                           max_attempts=settings.dead_letter.max_attempts, backoff=backoff)
-    await writer.start()
-    try:
-        await producer.start()
+    async with components(settings, dead_letters=True) as parts, AsyncExitStack() as stack:
+        consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.group_id}-redrive")
         await consumer.start()
+        stack.push_async_callback(close_bounded, consumer.stop, "Kafka consumer")
         partitions = (await topic_partitions(settings.kafka, [topic])).get(topic)
         if partitions is None:
             raise ConfigError(f"dead-letter topic {topic!r} does not exist")
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await _consume(consumer, ends, runner, registry, stats, report, limit, settings,
-                       writer)
-    finally:
-        await consumer.stop()
-        await writer.close()
-        await producer.stop()
-        await es.close()
+        await _consume(consumer, ends, parts, registry, report, limit)
     return report
 
 
 async def _consume(
     consumer: AIOKafkaConsumer,
     ends: dict[TopicPartition, int],
-    runner: HandlerRunner,
+    parts: Components,
     registry: Registry,
-    stats: Stats,
     report: RedriveReport,
     limit: int | None,
-    settings: Settings,
-    writer: BulkWriter,
 ) -> None:
+    runner, stats = parts.runner(), parts.stats
     remaining = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
     while remaining and (limit is None or report.records < limit):
         batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=100)
@@ -154,8 +133,8 @@ async def _consume(
                     remaining.discard(tp)
                     break
                 before = stats.dead_lettered
-                applied, stale = writer.applied_writes, writer.stale_writes
-                outcome = await _apply(record, runner, registry, settings)
+                applied, stale = stats.writes_applied, stats.stale_writes
+                outcome = await _apply(record, runner, registry, parts.decoder)
                 report.records += 1
                 where = f"{tp.topic}/{tp.partition}@{record.offset}"
                 if stats.dead_lettered > before:
@@ -164,7 +143,7 @@ async def _consume(
                         report.failures.append(where)
                     else:
                         report.no_handler.append(f"{where} ({outcome.source})")
-                elif writer.stale_writes > stale and writer.applied_writes == applied:
+                elif stats.stale_writes > stale and stats.writes_applied == applied:
                     report.stale.append(f"{where} ({outcome.source})")
                 else:
                     report.applied += 1
@@ -174,7 +153,7 @@ async def _consume(
 
 
 async def _apply(
-    record: Any, runner: HandlerRunner, registry: Registry, settings: Settings
+    record: Any, runner: HandlerRunner, registry: Registry, decoder: Decoder
 ) -> _Outcome:
     """Re-run the record's failed row and handler (or the whole record); when no handler
     matches it any more, dead-letter it anew rather than count it as applied."""
@@ -186,10 +165,8 @@ async def _apply(
     source = f"from {position}" + (f" row {row}" if row else "") + (
         f", handler {handler}" if handler else "")
     try:
-        changes = decode_record(
-            record.value, position, tinyint1_as_bool=settings.worker.tinyint1_as_bool
-        )
-    except CanalDecodeError as exc:
+        changes = decoder.decode(record.value, position)
+    except DecodeError as exc:
         failure = Failure(position, exc.reason, error_class(exc), attempts=attempts + 1)
         await runner.set_aside.put(record.value, failure)
         return _Outcome(1, source)  # decoding is what ran, and failed again

@@ -18,17 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from esupdater.change import ROW_TYPES, Change
+from esupdater.change import DDL_TYPES, ROW_TYPES, Change
 from esupdater.errors import ConfigError
 
 #: A handler: `async def handler(change, ctx)`; ctx is the Context (kept `Any` to avoid a cycle).
 Handler = Callable[[Change, Any], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
 
-#: Canal's DDL event types; they reach only handlers that list them (or "DDL").
-DDL_TYPES = frozenset(
-    {"ALTER", "CREATE", "ERASE", "TRUNCATE", "RENAME", "CINDEX", "DINDEX", "QUERY"}
-)
 #: Shorthand in `types=` for every DDL type.
 DDL_WILDCARD = "DDL"
 DEFAULT_TYPES = ROW_TYPES

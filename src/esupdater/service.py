@@ -1,7 +1,9 @@
-"""`esupdater run`: wires settings, clients and the pipeline; owns the process lifecycle.
+"""`esupdater run`: the group consumer and its loop on top of the shared components, and
+the process lifecycle around them.
 
-As in the seed tool: the pidfile and a status file (`start`/`stop`) in the runtime dir, the
-status re-read every `check_status_interval_seconds`. SIGTERM and SIGINT drain the same way.
+As in the PHP tool esupdater replaces: the pidfile and a status file (`start`/`stop`) in
+the runtime dir, the status re-read every `check_status_interval_seconds`. SIGTERM and
+SIGINT drain the same way.
 """
 
 from __future__ import annotations
@@ -11,28 +13,22 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer
 
-from esupdater.backoff import Backoff
-from esupdater.bulk import BulkLimits, BulkWriter
-from esupdater.clients import make_consumer, make_elasticsearch
-from esupdater.consumer import Pipeline, rebalance_timeout_ms
-from esupdater.deadletter import (
-    BlockOnFailure,
-    DeadLetterTopic,
-    SetAside,
-    dead_letter_producer,
-)
+from esupdater.clients import make_consumer
+from esupdater.components import close_bounded, components, start_retrying
+from esupdater.consume_loop import ConsumeLoop, rebalance_timeout_ms
+from esupdater.dispatch import KeyedDispatcher
 from esupdater.errors import ConfigError
-from esupdater.handling import HandlerRunner
+from esupdater.feeding import Feeder
 from esupdater.metrics import serve_metrics
+from esupdater.offsets import OffsetTracker
+from esupdater.pauses import PartitionPauses
 from esupdater.routing import Registry, default_registry, load_handlers
-from esupdater.runtime import PidFile, read_status, write_stats, write_status
-from esupdater.settings import Settings, cleartext_credentials, no_handlers_message
+from esupdater.runtime_dir import PidFile, read_status, write_stats, write_status
+from esupdater.settings import Settings, no_handlers_message, settings_warnings
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -48,7 +44,7 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
             load_handlers(settings.handlers.package, registry)
         if not registry.routes:  # as `esupdater check` refuses it
             raise ConfigError(no_handlers_message(settings.handlers.package))
-        for warning in cleartext_credentials(settings):
+        for warning in settings_warnings(settings):
             log.warning("%s", warning)
         stop = asyncio.Event()
         _install_signal_handlers(stop)
@@ -59,98 +55,43 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
 
 
 async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) -> None:
-    stats = Stats()
-    backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
-    es = make_elasticsearch(settings.elasticsearch)
-    writer = BulkWriter(
-        es,
-        BulkLimits(
-            chunk_size=settings.bulk.chunk_size,
-            max_chunk_bytes=settings.bulk.max_chunk_bytes,
-            flush_interval=settings.bulk.flush_interval_ms / 1000,
-            max_in_flight=settings.bulk.max_in_flight,
-        ),
-        backoff,
-        quiet_retries=settings.bulk.max_retries,
-    )
-    producer = dead_letter_producer(settings) if settings.dead_letter.topic else None
-    set_aside = _set_aside(settings, stats, producer, backoff)
-    runner = HandlerRunner(
-        writer, es, stats, set_aside,
-        max_attempts=settings.dead_letter.max_attempts, backoff=backoff,
-    )
-    consumer = make_consumer(
-        settings.kafka,
-        rebalance_timeout_ms=rebalance_timeout_ms(settings.runtime.drain_timeout_seconds),
-    )
-    pipeline = Pipeline(
-        consumer, list(settings.kafka.topics), registry, runner, set_aside, stats,
-        max_workers=settings.worker.max_workers,
-        commit_interval=settings.kafka.commit_interval_ms / 1000,
-        drain_timeout=settings.runtime.drain_timeout_seconds,
-        backoff=backoff,
-        tinyint1_as_bool=settings.worker.tinyint1_as_bool,
-    )
-    runner.gate = pipeline
-    await writer.start()
-    watchers: list[asyncio.Task[None]] = []
-    try:
-        if producer is not None:
-            await _start_retrying(producer.start, "Kafka producer", backoff, stop)
-        await _start_retrying(consumer.start, "Kafka consumer", backoff, stop)
+    async with components(settings, stop=stop) as parts, AsyncExitStack() as stack:
+        consumer = make_consumer(
+            settings.kafka,
+            rebalance_timeout_ms=rebalance_timeout_ms(settings.runtime.drain_timeout_seconds),
+        )
+        pauses = PartitionPauses(consumer)
+        feeder = Feeder(
+            parts.decoder, registry, parts.runner(gate=pauses), parts.set_aside, parts.stats,
+            dispatcher=KeyedDispatcher(settings.dispatch.max_rows_in_flight),
+            offsets=OffsetTracker(), backoff=parts.backoff, gate=pauses,
+        )
+        loop = ConsumeLoop(
+            consumer, list(settings.kafka.topics), feeder, pauses, parts.stats,
+            commit_interval=settings.kafka.commit_interval_ms / 1000,
+            drain_timeout=settings.runtime.drain_timeout_seconds,
+        )
+        if stop.is_set():
+            return
+        await start_retrying(consumer.start, "Kafka consumer", parts.backoff, stop)
+        stack.push_async_callback(close_bounded, consumer.stop, "Kafka consumer")
         if stop.is_set():
             return
         await _check_topics(settings, consumer)
         if settings.metrics.port:
-            serve_metrics(settings.metrics.host, settings.metrics.port, stats)
+            serve_metrics(settings.metrics.host, settings.metrics.port, parts.stats)
         log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
         watchers = [
             asyncio.create_task(_watch_status(settings, stop), name="status-watch"),
-            asyncio.create_task(_report(settings, pipeline, writer, stats, stop), name="stats"),
+            asyncio.create_task(_report(settings, loop, parts.stats, stop), name="stats"),
         ]
-        await pipeline.run(stop)
-    finally:
-        for task in watchers:
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
-        await writer.close()
-        # Offsets are committed by now; a client that will not close must not keep the
-        # process (and `esupdater stop`) waiting.
-        await _bounded(consumer.stop(), "Kafka consumer")
-        if producer is not None:
-            await _bounded(producer.stop(), "Kafka producer")
-        await _bounded(es.close(), "Elasticsearch client")
-
-
-#: Seconds a client gets to close at shutdown.
-CLOSE_TIMEOUT = 10.0
-
-
-async def _bounded(closing: Awaitable[None], what: str) -> None:
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):  # not wait_for: see Pipeline.commit
-            await closing
-    except TimeoutError:
-        log.warning("%s did not close within %.0fs; exiting anyway", what, CLOSE_TIMEOUT)
-
-
-async def _start_retrying(
-    start: Callable[[], Awaitable[None]], what: str, backoff: Backoff, stop: asyncio.Event
-) -> None:
-    """Kafka being down at start-up is transient too: wait for it, stoppable meanwhile."""
-    attempt = 0
-    while not stop.is_set():
         try:
-            await start()
-            return
-        except KafkaError as exc:
-            delay = backoff.delay(attempt)
-            attempt += 1
-            log.warning("%s cannot start (%r); retrying in %.1fs", what, exc, delay)
-            with suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+            await loop.run(stop)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
 
 
 async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:
@@ -165,19 +106,8 @@ async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:
         log.warning("topic %r does not exist yet: waiting for it", missing)
 
 
-def _set_aside(
-    settings: Settings, stats: Stats, producer: AIOKafkaProducer | None, backoff: Backoff
-) -> SetAside:
-    if producer is not None and settings.dead_letter.topic:
-        return DeadLetterTopic(stats, producer, settings.dead_letter.topic, backoff,
-                               settings.dead_letter.max_request_size)
-    if settings.dead_letter.on_failure == "block":
-        return BlockOnFailure(stats)
-    return SetAside(stats)
-
-
 async def _watch_status(settings: Settings, stop: asyncio.Event) -> None:
-    """The seed's contract: `stop` in the status file ends the process gracefully."""
+    """The PHP tool's contract, kept: `stop` in the status file ends the process gracefully."""
     while not stop.is_set():
         await asyncio.sleep(settings.runtime.check_status_interval_seconds)
         if read_status(settings.runtime.dir) == "stop":
@@ -186,18 +116,15 @@ async def _watch_status(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def _report(
-    settings: Settings, pipeline: Pipeline, writer: BulkWriter, stats: Stats, stop: asyncio.Event
+    settings: Settings, pipeline: ConsumeLoop, stats: Stats, stop: asyncio.Event
 ) -> None:
-    """Writes the stats file `esupdater status` reads: pid, uptime, rows/s, lag, errors."""
+    """Samples the gauges and writes the stats file `esupdater status` reads: the declared
+    metrics (stats.py) plus pid, rows/s and the group. The counters need no copying: every
+    part of the service counts into `stats` itself."""
     while not stop.is_set():
         await asyncio.sleep(settings.runtime.stats_interval_seconds)
         stats.lag = pipeline.lag()
         stats.in_flight = pipeline.dispatcher.in_flight
-        stats.bulk_requests = writer.requests
-        stats.es_retries = writer.transient_failures
-        stats.es_held = writer.held_failures
-        stats.stale_writes = writer.stale_writes
-        stats.writes_applied = writer.applied_writes
         snapshot = stats.snapshot()
         snapshot.update(
             pid=os.getpid(),

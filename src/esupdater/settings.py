@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -21,10 +22,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -45,6 +48,39 @@ REDACTED = "***"
 # load_settings() tells the TOML source which file to read; a class-level config cannot vary
 # per call, and a ContextVar keeps concurrent loads (tests) from seeing each other's path.
 _toml_path: ContextVar[Path] = ContextVar("esupdater_settings_path", default=DEFAULT_PATH)
+
+#: Renamed keys, old (section, key) -> new (section, key). For one release the old name keeps
+#: working, in the file and as an env var, with a warning naming both (`settings_warnings`);
+#: giving both names in one place is an error. Add a rename here, nowhere else.
+RENAMED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("worker", "max_workers"): ("dispatch", "max_rows_in_flight"),
+    ("worker", "tinyint1_as_bool"): ("source", "tinyint1_as_bool"),
+    ("bulk", "max_in_flight"): ("bulk", "max_requests_in_flight"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """An old key name found in one source (the file, or an env var) and where it went."""
+
+    old: tuple[str, str]
+    new: tuple[str, str]
+    #: Where the old name was: `settings.toml`, or `env ESUPDATER_WORKER__MAX_WORKERS`.
+    where: str
+
+    @property
+    def from_env(self) -> bool:
+        return self.where.startswith("env ")
+
+    def warning(self) -> str:
+        old, new = ".".join(self.old), ".".join(self.new)
+        use = f"set {env_var_name(self.new)}" if self.from_env else f"write {new}"
+        return (f"{self.where}: {old} is deprecated, renamed {new}; {use} instead "
+                "(the old name stops working in the next release)")
+
+
+# The renames the sources of the Settings being built met (see settings_customise_sources).
+_renamed: ContextVar[list[Renamed]] = ContextVar("esupdater_settings_renamed")
 
 
 class SettingsError(ConfigError):
@@ -143,11 +179,17 @@ class ElasticsearchSettings(_Section):
         return self
 
 
-class WorkerSettings(_Section):
-    """Concurrency of handler execution."""
+class SourceSettings(_Section):
+    """What the topics hold: the message format (esupdater.decoding) and its options."""
 
-    max_workers: int = Field(default=256, ge=1, le=100_000)
+    format: Literal["canal"] = "canal"
     tinyint1_as_bool: bool = False
+
+
+class DispatchSettings(_Section):
+    """How many rows are handled at once (esupdater.dispatch); there is no worker pool."""
+
+    max_rows_in_flight: int = Field(default=256, ge=1, le=100_000)
 
 
 class BulkSettings(_Section):
@@ -156,7 +198,7 @@ class BulkSettings(_Section):
     chunk_size: int = Field(default=500, ge=1, le=100_000)
     max_chunk_bytes: int = Field(default=10 * MIB, ge=1024, le=1024 * MIB)
     flush_interval_ms: int = Field(default=50, ge=0, le=60_000)
-    max_in_flight: int = Field(default=2, ge=1, le=64)
+    max_requests_in_flight: int = Field(default=2, ge=1, le=64)
     max_retries: int = Field(default=8, ge=0, le=1_000)
     initial_backoff_ms: int = Field(default=200, ge=1, le=600_000)
     max_backoff_ms: int = Field(default=30_000, ge=1, le=3_600_000)
@@ -236,6 +278,84 @@ class _SecretRefusingTomlSource(TomlConfigSettingsSource):
             raise SettingsError("\n".join(problems))
 
 
+class _RenamedKeysSource(PydanticBaseSettingsSource):
+    """Another source's values with RENAMED_KEYS moved from their old names to the new ones,
+    each move recorded in `renamed`; an old and a new name for one setting is an error.
+
+    `where` names the source of a key in messages. The environment's source also gets
+    `environ`: pydantic's env source does not read variables of sections that no longer
+    exist (`ESUPDATER_WORKER__MAX_WORKERS`), so they are looked up there.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        inner: PydanticBaseSettingsSource,
+        where: Callable[[tuple[str, ...]], str],
+        renamed: list[Renamed],
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+        self._where = where
+        self._renamed = renamed
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        conflicts = [  # a removed section as one JSON variable: refused, never ignored
+            f"env {env_var_name((section,))}: section {section} no longer exists; set "
+            + ", ".join(env_var_name(new) for old, new in RENAMED_KEYS.items() if old[0] == section)
+            for section in removed_sections()
+            if self._environ is not None and env_var_name((section,)) in self._environ
+        ]
+        for old, new in RENAMED_KEYS.items():
+            found = self._take(data, old)
+            if found is None:
+                continue
+            value, where = found
+            if self._holds(data, new):
+                conflicts.append(_conflict(old, new, where, self._where(new)))
+                continue
+            data.setdefault(new[0], {})[new[1]] = value
+            self._renamed.append(Renamed(old, new, where))
+        if conflicts:
+            raise SettingsError("\n".join(conflicts))
+        return data
+
+    def _take(self, data: dict[str, Any], old: tuple[str, str]) -> tuple[Any, str] | None:
+        """The old key's value and where it was, removed from `data`; None if not given."""
+        section = data.get(old[0])
+        if self._environ is not None and env_var_name(old) in self._environ:
+            if isinstance(section, dict):
+                section.pop(old[1], None)
+            return self._environ[env_var_name(old)], f"env {env_var_name(old)}"
+        if not isinstance(section, dict) or old[1] not in section:
+            return None
+        value = section.pop(old[1])
+        if not section and old[0] in removed_sections():
+            del data[old[0]]
+        return value, self._where(old)
+
+    def _holds(self, data: dict[str, Any], new: tuple[str, str]) -> bool:
+        section = data.get(new[0])
+        return isinstance(section, dict) and new[1] in section
+
+
+def _conflict(old: tuple[str, str], new: tuple[str, str], old_where: str, new_where: str) -> str:
+    places = old_where if old_where == new_where else f"{old_where} and {new_where}"
+    return (f"{places}: {'.'.join(old)} and {'.'.join(new)} are one setting "
+            f"({'.'.join(old)} is its old name): give only {'.'.join(new)}")
+
+
+def _upper_environ() -> dict[str, str]:
+    """The environment as the settings read it: names are not case-sensitive."""
+    return {name.upper(): value for name, value in os.environ.items()}
+
+
 class Settings(BaseSettings):
     """All of esupdater's settings, one frozen model per TOML section."""
 
@@ -248,14 +368,17 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = KafkaSettings()
+    source: SourceSettings = SourceSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
-    worker: WorkerSettings = WorkerSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     bulk: BulkSettings = BulkSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     handlers: HandlersSettings = HandlersSettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+
+    _renamed: tuple[Renamed, ...] = PrivateAttr(default=())
 
     @classmethod
     def settings_customise_sources(
@@ -266,16 +389,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Earlier sources win: explicit kwargs, then the environment, then the file.
+        # Earlier sources win: explicit kwargs, then the environment, then the file. Old key
+        # names are renamed within each source, so the environment still overrides the file
+        # whichever name either uses. pydantic-settings calls this once per Settings() and
+        # runs the sources before validating: model_post_init (or load_settings, on a
+        # validation error) then reads what they recorded.
+        renamed: list[Renamed] = []
+        _renamed.set(renamed)
+        toml_path = _toml_path.get()
+        environ = _upper_environ()
         return (
             init_settings,
-            env_settings,
-            _SecretRefusingTomlSource(settings_cls, _toml_path.get()),
+            _RenamedKeysSource(
+                settings_cls, env_settings, lambda loc: f"env {env_var_name(loc)}", renamed,
+                environ,
+            ),
+            _RenamedKeysSource(
+                settings_cls, _SecretRefusingTomlSource(settings_cls, toml_path),
+                lambda loc: str(toml_path), renamed,
+            ),
         )
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._renamed = tuple(_renamed.get([]))
+        _renamed.set([])
+
+    @property
+    def renamed(self) -> tuple[Renamed, ...]:
+        """The old key names these settings were given (empty when built without sources)."""
+        return self._renamed
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data for printing, secrets shown as `***` when set."""
         return {name: _plain(value) for name, value in self.model_dump().items()}
+
+
+def removed_sections() -> list[str]:
+    """Sections all of whose keys were renamed away (RENAMED_KEYS): read only as old names."""
+    return sorted({old[0] for old in RENAMED_KEYS} - set(Settings.model_fields))
 
 
 def _plain(value: Any) -> Any:
@@ -314,6 +465,12 @@ def cleartext_credentials(settings: Settings) -> list[str]:
     return warnings
 
 
+def settings_warnings(settings: Settings) -> list[str]:
+    """Everything `run` logs and `check` prints as a warning about these settings: old key
+    names still in use, then credentials that travel in clear."""
+    return [renamed.warning() for renamed in settings.renamed] + cleartext_credentials(settings)
+
+
 def no_handlers_message(package: str) -> str:
     """Why `check` and `run` refuse a handler package that registers nothing."""
     return (f"no handlers registered in package {package!r} (handlers.package): every change "
@@ -344,33 +501,53 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, toml_path)) from None
+        raise SettingsError(_describe(exc, toml_path, _renamed.get([]))) from None
     except pydantic_settings.SettingsError as exc:  # an env var that is not valid JSON
         raise SettingsError(f"environment: {exc}") from exc
     finally:
         _toml_path.reset(token)
 
 
-def _describe(exc: ValidationError, toml_path: Path) -> str:
-    return "\n".join(_describe_one(error, toml_path) for error in exc.errors())
+def _describe(exc: ValidationError, toml_path: Path, renamed: list[Renamed]) -> str:
+    return "\n".join(_describe_one(error, toml_path, renamed) for error in exc.errors())
 
 
-def _describe_one(error: ErrorDetails, toml_path: Path) -> str:
+def _describe_one(error: ErrorDetails, toml_path: Path, renamed: list[Renamed]) -> str:
     loc = tuple(str(part) for part in error["loc"])
     where = _source_of(loc, toml_path)
+    key = ".".join(loc)
+    old = _old_name(loc, renamed)
+    if old is not None:  # name the key as the user wrote it, and where
+        where, key = old.where, f"{'.'.join(old.old)} (now {key})"
     if error["type"] == "extra_forbidden":
         reason = "unknown section" if len(loc) == 1 else "unknown key"
+        moved = [f"{'.'.join(o)} is now {'.'.join(n)}" for o, n in RENAMED_KEYS.items()
+                 if len(loc) == 1 and o[0] == loc[0] and o[0] in removed_sections()]
+        if moved:
+            reason += f" (its keys were moved: {', '.join(moved)})"
     else:
         reason = error["msg"].removeprefix("Value error, ")
         secret = tuple(loc[:2]) in set(secret_keys())
         if not secret and isinstance(error.get("input"), str | int | float | bool):
             reason += f" (got {orjson.dumps(error['input']).decode()})"
-    return f"{where}: {'.'.join(loc)}: {reason}"
+    return f"{where}: {key}: {reason}"
+
+
+def _old_name(loc: tuple[str, ...], renamed: list[Renamed]) -> Renamed | None:
+    """The rename that supplied the value at `loc`, unless a source that wins gave it under
+    its new name: an old env var, else an old key in the file when no env var sets it."""
+    if len(loc) < 2 or env_var_name(loc[:2]) in _upper_environ():
+        return None
+    found = [r for r in renamed if r.new == loc[:2]]
+    found.sort(key=lambda r: not r.from_env)
+    return found[0] if found else None
 
 
 def _source_of(loc: tuple[str, ...], toml_path: Path) -> str:
     """Name the env var when the environment supplied the key, else the file."""
     env = sorted(name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX))
+    if loc[0] in removed_sections():  # its variables were all renamed away
+        env = [name for name in env if not name.startswith(env_var_name(loc[:1]))]
     for depth in (2, 1):  # `ESUPDATER_KAFKA__GROUP_ID`, or the whole section as JSON
         if len(loc) >= depth and env_var_name(loc[:depth]) in env:
             return f"env {env_var_name(loc[:depth])}"

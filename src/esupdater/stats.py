@@ -1,40 +1,90 @@
-"""Counters the service keeps and `esupdater status` shows."""
+"""The service's metrics, each declared once (telemetry.py): counted here by the event loop,
+served on `/metrics`, written to the stats file and shown by `esupdater status` from these
+declarations. To add a metric, add a field here and count into it; nothing else lists it.
+
+Field names are the stats-file keys and, after `esupdater_` (and `_total` for counters),
+the `/metrics` names: operators and tests rely on them, so a rename keeps the old name.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from esupdater.telemetry import (
+    Histogram,
+    Histograms,
+    NullSensor,
+    Sensor,
+    counter,
+    declared,
+    gauge,
+    histogram,
+    read,
+)
+
+#: Seconds: from a quick handler's upsert to a minute of retries.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0)
 
 
 @dataclass
 class Stats:
-    """Monotonic counters; `rate()` turns rows_done into rows/s between two snapshots."""
+    """Counters, gauges and histograms; `rate()` turns rows_done into rows/s.
+
+    The fields with a `status` label are shown by `esupdater status` in this order, after
+    uptime, group and rows/s.
+    """
 
     started_at: float = field(default_factory=time.time)
-    records: int = 0
-    rows: int = 0
-    rows_done: int = 0
-    unrouted: int = 0
-    skipped_records: int = 0
-    decode_errors: int = 0
-    handler_errors: int = 0
-    handler_retries: int = 0
-    rejected: int = 0
+    rows_done: int = counter(
+        "Row changes finished: their writes acknowledged (applied or stale) or set aside",
+        status="rows done")
+    # Gauges, sampled by the service's reporter every stats interval.
+    in_flight: int = gauge("Rows admitted, not done", status="in flight",
+                           metric="in_flight_rows")
+    lag: dict[str, int] = gauge("Records not yet committed", labels=("topic", "partition"),
+                                status="lag")
+    decode_errors: int = counter("Records that are not Canal messages", status="decode errors")
+    handler_errors: int = counter("Rows whose handler kept failing", status="handler errors")
     # Failures that escaped the handlers' own retry and set-aside (retried, never dropped).
-    job_errors: int = 0
-    dead_lettered: int = 0
-    dead_letters_truncated: int = 0  # too large for Kafka: sent without their value
-    commits: int = 0
-    # Copied from the bulk writer by the service's reporter every stats interval.
-    bulk_requests: int = 0
-    es_retries: int = 0
-    es_held: int = 0  # of es_retries: Elasticsearch refusing (401, 403, no index), not busy
-    stale_writes: int = 0
-    writes_applied: int = 0  # stale writes are acknowledged too, but change nothing
-    # Gauges, refreshed by the service's reporter every stats interval.
-    lag: dict[str, int] = field(default_factory=dict)
-    in_flight: int = 0
+    job_errors: int = counter(
+        "Failures that escaped the handlers' own failure handling (retried, a bug)",
+        status="job errors")
+    rejected: int = counter("Actions Elasticsearch refused for good", status="rejected")
+    dead_lettered: int = counter("Records or rows set aside", status="dead lettered")
+    dead_letters_truncated: int = counter(
+        "Dead letters too large for Kafka, sent without their value",
+        status="dead letters truncated")
+    unrouted: int = counter("Row changes with no matching handler", status="unrouted")
+    # Counted by the bulk writer.
+    es_retries: int = counter(
+        "Bulk items retried after a transient or held Elasticsearch failure",
+        status="es retries")
+    es_held: int = counter(
+        "Of es_retries: items Elasticsearch refused for a reason outside the document",
+        status="es held")
+    writes_applied: int = counter(
+        "Writes Elasticsearch applied (stale ones are counted apart)", status="writes applied")
+    stale_writes: int = counter(
+        "Versioned writes not applied: the document already held a newer change",
+        status="stale writes")
+    bulk_requests: int = counter("Bulk requests sent to Elasticsearch")
+    records: int = counter("Kafka records fetched")
+    rows: int = counter("Row changes dispatched to handlers")
+    skipped_records: int = counter("Records none of whose rows had a handler", exported=False)
+    handler_retries: int = counter("Handler retries after an error")
+    commits: int = counter("Offset commits")
+    # Fed by metrics.StatsSensor while /metrics is served (empty otherwise).
+    handler_duration_seconds: Histograms = histogram(
+        "Seconds one route's handler took for one row, retries included",
+        buckets=DURATION_BUCKETS, labels=("route",))
+    bulk_request_duration_seconds: Histogram = histogram(
+        "Seconds from handing a batch to the bulk helper to its last item's answer",
+        buckets=DURATION_BUCKETS)
+    #: Observes handler runs and bulk requests (telemetry.Sensor); by default nothing.
+    sensor: Sensor = field(default_factory=NullSensor, repr=False, compare=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
     _last_rows: int = field(default=0, repr=False)
 
@@ -47,4 +97,9 @@ class Stats:
         return rows / elapsed if elapsed > 0 else 0.0
 
     def snapshot(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        """Every declared metric's value, and started_at: one consistent copy when taken on
+        the event loop (the only writer), safe to hand to another thread."""
+        values: dict[str, Any] = {"started_at": self.started_at}
+        for name, spec in declared(type(self)):
+            values[name] = read(spec, getattr(self, name))
+        return values

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from esupdater.bulk import Action
-from esupdater.canal import decode_record
+from esupdater.canal import CanalDecoder
 from esupdater.change import ROW_TYPES, Change, Position, previous_pk
 from esupdater.clients import ExactJsonSerializer
 from esupdater.context import Context
@@ -274,12 +274,14 @@ def changes_from_canal(
     *,
     tinyint1_as_bool: bool = False,
 ) -> list[Change]:
-    """The Changes `esupdater run` would make of one Kafka record (flat JSON or protobuf).
+    """The Changes `esupdater run` would make of one Kafka record (flat JSON or protobuf),
+    with `source.format = "canal"` and the given `source.tinyint1_as_bool`.
 
-    `offset` defaults to the next one, as for `make_change`.
+    `offset` defaults to the next one, as for `make_change`. Bad input raises
+    CanalDecodeError (an esupdater.DecodeError), as the service sets such a record aside.
     """
     position = Position(topic, partition, next(_offsets) if offset is None else offset)
-    return decode_record(value, position, tinyint1_as_bool=tinyint1_as_bool)
+    return CanalDecoder(tinyint1_as_bool=tinyint1_as_bool).decode(value, position)
 
 
 async def apply(

@@ -5,10 +5,9 @@ These tests never skip: if the stack is down they fail, saying how to start it.
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import pymysql
@@ -16,14 +15,14 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
-KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
-ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
-
-#: stack/mariadb.sh's server, and the database and account it creates for tests (lib.sh).
-MARIADB = os.environ.get("ESUPDATER_TEST_MARIADB", "127.0.0.1:3306")
-MARIADB_DATABASE = "shop"
-MARIADB_USER = os.environ.get("ESUPDATER_TEST_MARIADB_USER", "esupdater")
-MARIADB_PASSWORD = os.environ.get("ESUPDATER_TEST_MARIADB_PASSWORD", "esupdater")
+from tools.local_stack import (
+    ELASTICSEARCH,
+    KAFKA,
+    MARIADB,
+    MARIADB_DATABASE,
+    MARIADB_PASSWORD,
+    MARIADB_USER,
+)
 
 TopicFactory = Callable[..., Awaitable[str]]
 TableFactory = Callable[[str], str]
@@ -90,11 +89,14 @@ async def new_topic() -> AsyncIterator[TopicFactory]:
     await admin.start()
     created: list[str] = []
 
-    async def create(partitions: int = 1, name: str | None = None) -> str:
+    async def create(
+        partitions: int = 1, name: str | None = None, configs: Mapping[str, str] | None = None
+    ) -> str:
+        """`configs`: the topic's own settings (`{"max.message.bytes": ...}`)."""
         topic = name or f"t-{uuid.uuid4().hex[:12]}"
-        await admin.create_topics(
-            [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
-        )
+        await admin.create_topics([NewTopic(name=topic, num_partitions=partitions,
+                                            replication_factor=1,
+                                            topic_configs=dict(configs or {}))])
         created.append(topic)
         return topic
 
@@ -158,4 +160,4 @@ def new_table(
 
 
 # The fixtures that run the real `esupdater` process (tests/integration/service_harness.py).
-from tests.integration.service_harness import canal, es_proxy, esupdater  # noqa: E402, F401
+from tests.integration.service_harness import canal, es_proxy, new_service  # noqa: E402, F401

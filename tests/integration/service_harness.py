@@ -1,19 +1,20 @@
 """Running the real `esupdater` process against the local stack: the pieces the tests share.
 
-A test writes its handlers as Python source, gets a working directory holding `settings.toml`
-and that handler package, starts `python -m esupdater run` there as a subprocess and watches
-what the user would watch: Elasticsearch, Kafka's committed offsets, the runtime files, the
-log and the exit status. Every wait has a deadline; every process is killed in teardown.
+A test names a handler module of tests/integration/handlers and gets a working directory
+holding `settings.toml` and that module as the handler package; it starts `python -m esupdater
+run` there as a subprocess and watches what the user would watch: Elasticsearch, Kafka's
+committed offsets, the runtime files, the log and the exit status. Every wait has a deadline;
+every process is killed in teardown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -34,8 +35,12 @@ from esupdater.canal import flat_message, protobuf_message
 T = TypeVar("T")
 TopicFactory = Callable[..., Awaitable[str]]  # conftest's new_topic
 
-#: The handler package each test writes into its working directory (not the repo's `handlers`).
+#: The handler package each test gets in its working directory (not the repo's `handlers`).
 HANDLERS_PACKAGE = "itest_handlers"
+#: The handler modules a test chooses from (`new_service("users_plain")`), and the module
+#: they read their index, working directory and parameters from.
+HANDLER_MODULES = Path(__file__).resolve().parent / "handlers"
+PARAMS_MODULE = "params"
 #: The database the test rows come from.
 DB = "shop"
 #: Column types of the rows tests produce unless they say otherwise.
@@ -181,12 +186,22 @@ class Service:
         self.settings = merged(self.settings, extra)
         self.settings_path.write_text(toml_text(self.settings))
 
-    def write_handlers(self, source: str) -> None:
-        """The handler package; the source sees INDEX (its index) and WORKDIR (a str)."""
+    def write_handlers(self, module: str, params: Mapping[str, Any] | None = None) -> None:
+        """The handler package: HANDLER_MODULES/`module`.py as its `__init__`, beside it the
+        params module and `params.json` (this service's index and working dir, `params`)."""
+        chosen = HANDLER_MODULES / f"{module}.py"
+        if module == PARAMS_MODULE or not chosen.is_file():
+            known = sorted(p.stem for p in HANDLER_MODULES.glob("[!_]*.py")
+                           if p.stem != PARAMS_MODULE)
+            raise ValueError(f"no handler module {module!r} in {HANDLER_MODULES}: one of {known}")
         package = self.workdir / HANDLERS_PACKAGE
         package.mkdir(exist_ok=True)
-        prelude = f"INDEX = {self.index!r}\nWORKDIR = {str(self.workdir)!r}\n"
-        (package / "__init__.py").write_text(prelude + textwrap.dedent(source))
+        # A replaced module of the same size within the same second would pass for its cache.
+        shutil.rmtree(package / "__pycache__", ignore_errors=True)
+        shutil.copyfile(chosen, package / "__init__.py")
+        shutil.copyfile(HANDLER_MODULES / f"{PARAMS_MODULE}.py", package / f"{PARAMS_MODULE}.py")
+        given = {"index": self.index, "workdir": str(self.workdir), "params": dict(params or {})}
+        (package / "params.json").write_bytes(orjson.dumps(given))
 
     def log(self) -> str:
         try:
@@ -548,7 +563,7 @@ async def canal(kafka_bootstrap: str) -> AsyncIterator[CanalProducer]:
 
 
 @pytest.fixture
-async def esupdater(
+async def new_service(
     tmp_path: Path,
     kafka_bootstrap: str,
     new_topic: TopicFactory,
@@ -557,7 +572,8 @@ async def esupdater(
 ) -> AsyncIterator[ServiceFactory]:
     """Makes `Service`s (not started): a topic, a group, an index and a working dir each.
 
-    `await esupdater(handlers=SOURCE, partitions=3, settings={"worker": {...}})`. Teardown
+    `await new_service("users_plain", partitions=3, settings={"dispatch": {...}})`, the first
+    argument a module of HANDLER_MODULES, `params=` what it reads with `param(...)`. Teardown
     kills what is still running, prints each log (pytest shows it for failed tests) and
     deletes the indices whose names start with the test's unique name.
     """
@@ -566,6 +582,7 @@ async def esupdater(
     async def make(
         handlers: str,
         *,
+        params: Mapping[str, Any] | None = None,
         partitions: int = 1,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         joining: Service | None = None,
@@ -582,7 +599,7 @@ async def esupdater(
             service = Service(workdir, joining.topic, joining.group, joining.index,
                               kafka_bootstrap, merged(joining.settings, settings))
             service.write_settings()
-            service.write_handlers(handlers)
+            service.write_handlers(handlers, params)
             made.append(service)
             return service
         topic = await new_topic(partitions=partitions) if create_topic else unique_topic()
@@ -604,7 +621,7 @@ async def esupdater(
         service = Service(workdir, topic, group, unique_name if n == 0 else f"{unique_name}-{n}",
                           kafka_bootstrap, merged(base, settings))
         service.write_settings()
-        service.write_handlers(handlers)
+        service.write_handlers(handlers, params)
         made.append(service)
         return service
 

@@ -19,14 +19,6 @@ from tests.integration.service_harness import (
     wait_count,
 )
 
-USERS = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 #: Not Canal: 0xFF is no valid protobuf field tag, and the rest is noise.
 RANDOM_BYTES = b"\xff" + random.Random(7).randbytes(64)
 #: A flat message cut off mid-way.
@@ -50,9 +42,9 @@ async def _interleave(canal: CanalProducer, topic: str) -> list[int]:
 
 
 async def test_undecodable_records_are_counted_logged_with_their_position_and_skipped(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(USERS, settings={"dead_letter": {"on_failure": "skip"}})
+    service = await new_service("users_plain", settings={"dead_letter": {"on_failure": "skip"}})
     bad_offsets = await _interleave(canal, service.topic)
 
     await service.started()
@@ -76,14 +68,14 @@ async def test_undecodable_records_are_counted_logged_with_their_position_and_sk
 
 
 async def test_undecodable_records_go_to_the_dead_letter_topic_with_reason_and_position(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
     canal: CanalProducer,
     es: AsyncElasticsearch,
     new_topic: TopicFactory,
     kafka_bootstrap: str,
 ) -> None:
     dead_letters = await new_topic()
-    service = await esupdater(USERS, settings={"dead_letter": {"topic": dead_letters}})
+    service = await new_service("users_plain", settings={"dead_letter": {"topic": dead_letters}})
     bad_offsets = await _interleave(canal, service.topic)
 
     await service.started()
@@ -108,10 +100,10 @@ async def test_undecodable_records_go_to_the_dead_letter_topic_with_reason_and_p
 
 
 async def test_in_block_mode_an_undecodable_record_holds_only_its_own_partition(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(  # on_failure = "block" and no topic: the defaults
-        USERS, partitions=2, settings={"runtime": {"drain_timeout_seconds": 2.0}}
+    service = await new_service(  # on_failure = "block" and no topic: the defaults
+        "users_plain", partitions=2, settings={"runtime": {"drain_timeout_seconds": 2.0}}
     )
     bad = await canal.send_and_wait(service.topic, RANDOM_BYTES, partition=0)
     for i in range(10):

@@ -16,10 +16,10 @@ from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.settings import ElasticsearchSettings
 from esupdater.testing import make_change
-from tests.integration.conftest import ELASTICSEARCH
 from tests.integration.es_edge import es_edge, item_errors
 from tests.integration.service_harness import TcpProxy
 from tests.versioning_scenario import run_versioning_scenario
+from tools.local_stack import ELASTICSEARCH
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ async def test_each_action_returns_once_elasticsearch_acknowledged_it(
     assert [r["result"] for r in results] == ["created"] * 1000
     await es.indices.refresh(index=unique_name)
     assert (await es.count(index=unique_name))["count"] == 1000
-    assert writer.requests < 1000 / 10  # batched: far fewer requests than actions
+    assert writer.stats.bulk_requests < 1000 / 10  # batched: far fewer requests than actions
     await es.indices.delete(index=unique_name)
 
 
@@ -161,7 +161,7 @@ async def test_versioned_writes_older_than_the_document_are_not_applied(
 
     await run_versioning_scenario(writer, unique_name, get)
 
-    assert writer.stale_writes == 4  # each refusal counted, none raised
+    assert writer.stats.stale_writes == 4  # each refusal counted, none raised
     await es.indices.delete(index=unique_name)
 
 
@@ -179,7 +179,7 @@ async def test_a_document_nested_too_deep_to_serialise_is_refused_at_once(
     async with asyncio.timeout(20):
         with pytest.raises(BulkItemError, match="nested too deep"):
             await writer.execute({"_index": unique_name, "_id": "deep", "_source": deep})
-    assert writer.transient_failures == 0
+    assert writer.stats.es_retries == 0
 
 
 async def test_writes_to_a_write_blocked_index_are_held_until_the_block_is_lifted(
@@ -193,7 +193,7 @@ async def test_writes_to_a_write_blocked_index_are_held_until_the_block_is_lifte
         )
         await asyncio.sleep(1.5)  # several retries at 0.05-0.5 s
         assert not held.done()  # not refused: a block is not the document's fault
-        assert writer.held_failures >= 2
+        assert writer.stats.es_held >= 2
     finally:
         await es.indices.put_settings(index=unique_name, settings={"index.blocks.write": None})
     assert (await asyncio.wait_for(held, 20))["result"] == "created"

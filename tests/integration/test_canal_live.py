@@ -41,55 +41,18 @@ ARRIVAL_TIMEOUT = 90.0
 #: What a change that never arrives most often means.
 NOT_ARRIVED = "is Canal following MariaDB? `stack/stack.sh status`, .stack/logs/canal.log"
 
-#: Mirrors TABLE into INDEX: one document per row, the row as esupdater typed it; versioned
-#: writes, as the README recommends. ONE_PARTITION: whether the topic keeps a key change and
-#: the old key's changes in one partition (then the old key's delete is versioned too).
-MIRROR = """
-from esupdater import on
-
-@on("shop.TABLE")
-async def mirror(change, ctx):
-    if change.is_delete:
-        await ctx.delete(index=INDEX, id=change.pk, version=change.version)
-        return
-    if change.old_pk is not None:  # the key changed: the old document goes
-        await ctx.delete(index=INDEX, id=change.old_pk,
-                         version=change.version if ONE_PARTITION else None)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
-"""
-
-#: One document per row change: where Canal put it and what the handler received.
-LOG = """
-from esupdater import on
-
-@on("shop.TABLE")
-async def log(change, ctx):
-    await ctx.index(
-        index=INDEX, id=f"{change.partition}-{change.offset}-{change.row_index}",
-        doc={
-            "pk": change.pk, "type": change.type, "partition": change.partition,
-            "types": {name: type(value).__name__ for name, value in change.row.items()},
-            "strs": {name: None if value is None else str(value)
-                     for name, value in change.row.items()},
-            "pk_names": list(change.pk_names),
-        },
-    )
-"""
-
-
-def handlers(template: str, table: str, topic: str = CANAL_TOPIC) -> str:
-    """The template for `table`; ONE_PARTITION is true on the one-partition protobuf topic
-    (the flat one hashes rows by primary key over 3 partitions)."""
-    return template.replace("TABLE", table).replace("ONE_PARTITION",
-                                                    str(topic == CANAL_PB_TOPIC))
+def params_for(table: str, topic: str = CANAL_TOPIC) -> dict[str, object]:
+    """What the canal_* handler modules read: the table they route, and `one_partition`, true
+    on the one-partition protobuf topic (the flat one hashes rows by primary key over 3)."""
+    return {"table": table, "one_partition": topic == CANAL_PB_TOPIC}
 
 
 async def following(
-    esupdater: ServiceFactory, template: str, table: str, topic: str = CANAL_TOPIC
+    new_service: ServiceFactory, handlers: str, table: str, topic: str = CANAL_TOPIC
 ) -> Service:
-    """A started esupdater on one of Canal's topics, routing only `table`."""
-    service = await esupdater(handlers(template, table, topic), create_topic=False,
-                              settings={"kafka": {"topics": [topic]}})
+    """A started esupdater on one of Canal's topics, routing only `table` to `handlers`."""
+    service = await new_service(handlers, params=params_for(table, topic), create_topic=False,
+                                settings={"kafka": {"topics": [topic]}})
     return await service.started()
 
 
@@ -153,7 +116,7 @@ async def wait_mirrored(
 
 
 async def wait_changes(es: AsyncElasticsearch, service: Service, count: int) -> None:
-    """Wait until the LOG handler has written `count` documents, one per row change."""
+    """Wait until the canal_log handler has written `count` documents, one per change."""
     try:
         await wait_count(es, service.index, count, timeout=ARRIVAL_TIMEOUT, service=service)
     except AssertionError as exc:
@@ -168,11 +131,11 @@ ORDERS = """
 
 @pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
 async def test_inserts_updates_and_deletes_in_mariadb_leave_elasticsearch_equal_to_the_table(
-    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    topic: str, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table(ORDERS)
-    service = await following(esupdater, MIRROR, table, topic)
+    service = await following(new_service, "canal_mirror", table, topic)
 
     execute(mariadb, f"INSERT INTO {table} VALUES (1, 'one', 9.99, 1, NULL, NOW(3))")
     values = ", ".join(f"({i}, 'row {i}', {i}.25, {i}, 'n{i}', '2024-03-01 12:00:0{i % 10}.5')"
@@ -203,11 +166,11 @@ async def test_inserts_updates_and_deletes_in_mariadb_leave_elasticsearch_equal_
 
 
 async def test_a_row_updated_many_times_ends_with_its_last_values(
-    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table("id INT PRIMARY KEY, counter INT NOT NULL, label VARCHAR(32) NOT NULL")
-    service = await following(esupdater, MIRROR, table)
+    service = await following(new_service, "canal_mirror", table)
     execute(mariadb, f"INSERT INTO {table} VALUES (1, 0, 'start'), (2, 0, 'other')")
 
     for i in range(1, 151):  # 150 binlog transactions on one row, another row in between
@@ -222,11 +185,11 @@ async def test_a_row_updated_many_times_ends_with_its_last_values(
 
 
 async def test_canal_keeps_each_row_on_one_partition_and_spreads_rows_over_several(
-    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table("id INT PRIMARY KEY, v INT NOT NULL")
-    service = await following(esupdater, LOG, table)
+    service = await following(new_service, "canal_log", table)
     rows = 40
     execute(mariadb,
             f"INSERT INTO {table} VALUES " + ", ".join(f"({i}, 0)" for i in range(rows)),
@@ -256,11 +219,11 @@ TYPED = """
 
 @pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
 async def test_values_from_mariadb_reach_handlers_typed_as_documented(
-    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    topic: str, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table(TYPED)
-    service = await following(esupdater, LOG, table, topic)
+    service = await following(new_service, "canal_log", table, topic)
     execute(mariadb, f"""
         INSERT INTO {table} VALUES (
             1, -42, 18446744073709551615, 1234.5000, 0.25,
@@ -327,15 +290,17 @@ def random_traffic(table: str, statements: int, seed: int) -> int:
 
 
 async def test_random_traffic_through_kills_and_a_canal_restart_ends_equal_to_the_table(
-    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     """A week of trouble in a minute: two members share the stream, one is SIGKILLed and comes
     back, Canal restarts mid-stream (it re-sends from its saved position); the index ends
     equal to the table, row for row."""
     table = new_table("id INT PRIMARY KEY, v INT NOT NULL, label VARCHAR(32) NOT NULL")
-    first = await following(esupdater, MIRROR, table)
-    second = await (await esupdater(handlers(MIRROR, table), joining=first)).started()
+    first = await following(new_service, "canal_mirror", table)
+    second = await (
+        await new_service("canal_mirror", params=params_for(table), joining=first)
+    ).started()
     traffic = asyncio.create_task(asyncio.to_thread(random_traffic, table, 3000, seed=7))
     try:
         await asyncio.sleep(1.5)
@@ -353,14 +318,14 @@ async def test_random_traffic_through_kills_and_a_canal_restart_ends_equal_to_th
 
 
 async def test_a_crash_after_a_key_change_and_the_old_key_inserted_again_keeps_both_documents(
-    esupdater: ServiceFactory, es: AsyncElasticsearch,
+    new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     """Insert 1, change its key to 2, insert 1 again; SIGKILL before any commit, so the restart
     replays all three. The replayed delete of the old key must not remove the new row 1."""
     table = new_table("id INT PRIMARY KEY, label VARCHAR(32) NOT NULL")
-    service = await esupdater(
-        handlers(MIRROR, table, CANAL_PB_TOPIC), create_topic=False,
+    service = await new_service(
+        "canal_mirror", params=params_for(table, CANAL_PB_TOPIC), create_topic=False,
         # No commit before the kill: the group's earliest start replays the whole scenario.
         settings={"kafka": {"topics": [CANAL_PB_TOPIC], "commit_interval_ms": 600_000,
                             "auto_offset_reset": "earliest"}},

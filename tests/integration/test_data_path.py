@@ -14,25 +14,11 @@ from tests.integration.service_harness import (
     wait_count,
 )
 
-#: Indexes every row change into INDEX, deleting on DELETE; keeps what the Change carried.
-MIRROR = """
-from esupdater import on
-
-@on("shop.users")
-async def mirror(change, ctx):
-    if change.is_delete:
-        await ctx.delete(index=INDEX, id=change.pk)
-        return
-    doc = dict(change.row, type=change.type, table=change.table, offset=change.offset,
-               old=change.old, changed=sorted(change.changed))
-    await ctx.index(index=INDEX, id=change.pk, doc=doc)
-"""
-
 
 async def test_one_record_with_ten_rows_becomes_ten_documents(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MIRROR)
+    service = await new_service("mirror_fields")
     sent = await canal.rows(service.topic, "users", "INSERT", [row(i, v=i) for i in range(10)])
     offset = (await sent).offset
 
@@ -47,9 +33,9 @@ async def test_one_record_with_ten_rows_becomes_ten_documents(
 
 
 async def test_protobuf_records_are_applied_like_flat_ones(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MIRROR)
+    service = await new_service("mirror_fields")
     await canal.rows(service.topic, "users", "INSERT", [row(i, v=i) for i in range(5)],
                      form="protobuf")
     await canal.rows(service.topic, "users", "INSERT", [row(i, v=i) for i in range(5, 10)])
@@ -78,15 +64,9 @@ async def test_protobuf_records_are_applied_like_flat_ones(
 
 
 async def test_a_glob_route_receives_every_sharded_table(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-from esupdater import on
-
-@on("shop.orders_*")
-async def order(change, ctx):
-    await ctx.index(index=INDEX, id=f"{change.table}-{change.pk}", doc={"table": change.table})
-""")
+    service = await new_service("orders_glob")
     for shard in range(4):
         for i in range(3):
             await canal.rows(service.topic, f"orders_{shard}", "INSERT", [row(i)])
@@ -106,20 +86,9 @@ async def order(change, ctx):
 
 
 async def test_an_insert_only_handler_never_sees_updates_or_deletes(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-from esupdater import on
-
-@on("shop.users", types={"INSERT"})
-async def inserted(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc={"type": change.type, "v": change.row["v"]})
-
-@on("shop.users")
-async def every(change, ctx):
-    await ctx.index(index=INDEX + "-all", id=f"{change.pk}-{change.offset}",
-                    doc={"type": change.type})
-""")
+    service = await new_service("insert_only")
     await canal.rows(service.topic, "users", "INSERT", [row(1, v=1), row(2, v=1)])
     await canal.rows(service.topic, "users", "UPDATE", [row(1, v=2)], old=[{"v": "1"}])
     await canal.rows(service.topic, "users", "DELETE", [row(2, v=1)])
@@ -134,24 +103,9 @@ async def every(change, ctx):
 
 
 async def test_ddl_reaches_only_the_handlers_that_ask_for_it(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-from esupdater import on
-
-@on("shop.*", types={"DDL"})
-async def any_ddl(change, ctx):
-    await ctx.index(index=INDEX, id=f"ddl-{change.offset}",
-                    doc={"type": change.type, "sql": change.sql, "is_ddl": change.is_ddl})
-
-@on("shop.users", types={"ALTER"})
-async def alter_only(change, ctx):
-    await ctx.index(index=INDEX, id=f"alter-{change.offset}", doc={"type": change.type})
-
-@on("shop.*")
-async def rows(change, ctx):
-    await ctx.index(index=INDEX, id=f"row-{change.offset}", doc={"type": change.type})
-""")
+    service = await new_service("ddl_routes")
     alter = await (await canal.ddl(service.topic, "users", "ALTER",
                                    "ALTER TABLE users ADD COLUMN age int"))
     create = await (await canal.ddl(service.topic, "audit", "CREATE",
@@ -175,9 +129,9 @@ async def rows(change, ctx):
 
 
 async def test_rows_of_tables_without_a_handler_are_skipped_and_counted_as_unrouted(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MIRROR)
+    service = await new_service("mirror_fields")
     await canal.rows(service.topic, "users", "INSERT", [row(1)])
     await canal.rows(service.topic, "sessions", "INSERT", [row(i) for i in range(3)])
     await canal.rows(service.topic, "users", "INSERT", [row(2)], database="other")
@@ -204,9 +158,9 @@ async def test_rows_of_tables_without_a_handler_are_skipped_and_counted_as_unrou
 
 
 async def test_an_update_carries_the_old_values_of_the_changed_columns(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MIRROR)
+    service = await new_service("mirror_fields")
     await canal.rows(service.topic, "users", "INSERT", [row(1, name="ann", v=1)])
     await canal.rows(service.topic, "users", "UPDATE", [row(1, name="anna", v=2)],
                      old=[{"name": "ann", "v": "1"}])
@@ -226,9 +180,9 @@ async def test_an_update_carries_the_old_values_of_the_changed_columns(
 
 
 async def test_a_delete_removes_the_document_and_deleting_a_missing_one_is_fine(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MIRROR)
+    service = await new_service("mirror_fields")
     await canal.rows(service.topic, "users", "INSERT", [row(1), row(2)])
     await canal.rows(service.topic, "users", "DELETE", [row(1)])
     await canal.rows(service.topic, "users", "DELETE", [row(404)])  # never existed

@@ -7,13 +7,11 @@ still end up in the dead-letter topic in some form, never in an endless retry.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.conftest import TopicFactory
 from tests.integration.service_harness import (
@@ -38,46 +36,15 @@ H_VALUE_OMITTED = "esupdater.value_omitted"
 #: Header values are cut to this many bytes (a reason may repeat a large value).
 MAX_HEADER_BYTES = 2048
 
-USERS = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
-#: A handler whose exception repeats the row's (large) value, as many do.
-REPEATS_THE_VALUE = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    raise ValueError(f"cannot use name {change.row['name']!r}")
-"""
-
 
 @pytest.fixture
-async def big_topic(kafka_bootstrap: str) -> AsyncIterator[BigTopicFactory]:
-    """Creates topics that accept records up to BIG_TOPIC_LIMIT; deletes them afterwards."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    created: list[str] = []
+def big_topic(new_topic: TopicFactory) -> BigTopicFactory:
+    """Creates topics that accept records up to BIG_TOPIC_LIMIT (new_topic deletes them)."""
 
     async def create() -> str:
-        topic = f"t-{uuid.uuid4().hex[:12]}"
-        await admin.create_topics([NewTopic(
-            name=topic, num_partitions=1, replication_factor=1,
-            topic_configs={"max.message.bytes": str(BIG_TOPIC_LIMIT)},
-        )])
-        created.append(topic)
-        return topic
+        return await new_topic(configs={"max.message.bytes": str(BIG_TOPIC_LIMIT)})
 
-    try:
-        yield create
-    finally:
-        if created:
-            await admin.delete_topics(created)
-        await admin.close()
+    return create
 
 
 async def _produce_big(kafka_bootstrap: str, topic: str, value: bytes) -> int:
@@ -111,7 +78,7 @@ def _headers(record: Any) -> dict[str, str]:
 @pytest.mark.parametrize("max_request_size", [None, BIG_TOPIC_LIMIT],
                          ids=["refused-by-the-producer", "refused-by-the-broker"])
 async def test_a_record_too_large_for_the_dead_letter_topic_leaves_a_pointer_dead_letter(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
     new_topic: TopicFactory,
     big_topic: BigTopicFactory,
     kafka_bootstrap: str,
@@ -119,8 +86,8 @@ async def test_a_record_too_large_for_the_dead_letter_topic_leaves_a_pointer_dea
 ) -> None:
     dead_letters = await new_topic()  # the broker's default limit, about 1 MiB
     extra = {} if max_request_size is None else {"max_request_size": max_request_size}
-    service = await esupdater(USERS, create_topic=False,
-                              settings={"dead_letter": {"topic": dead_letters, **extra}})
+    service = await new_service("users_plain", create_topic=False,
+                                settings={"dead_letter": {"topic": dead_letters, **extra}})
     await big_topic_named(big_topic, service)
     offset = await _produce_big(kafka_bootstrap, service.topic, BIG_VALUE)
 
@@ -145,10 +112,10 @@ async def test_a_record_too_large_for_the_dead_letter_topic_leaves_a_pointer_dea
 
 
 async def test_dead_letter_max_request_size_lets_a_large_record_through_whole(
-    esupdater: ServiceFactory, big_topic: BigTopicFactory, kafka_bootstrap: str
+    new_service: ServiceFactory, big_topic: BigTopicFactory, kafka_bootstrap: str
 ) -> None:
     dead_letters = await big_topic()
-    service = await esupdater(USERS, create_topic=False, settings={
+    service = await new_service("users_plain", create_topic=False, settings={
         "dead_letter": {"topic": dead_letters, "max_request_size": BIG_TOPIC_LIMIT},
     })
     await big_topic_named(big_topic, service)
@@ -163,11 +130,11 @@ async def test_dead_letter_max_request_size_lets_a_large_record_through_whole(
 
 
 async def test_a_reason_repeating_a_700_kb_value_is_cut_and_the_record_dead_lettered_whole(
-    esupdater: ServiceFactory, canal: CanalProducer, new_topic: TopicFactory,
+    new_service: ServiceFactory, canal: CanalProducer, new_topic: TopicFactory,
     kafka_bootstrap: str,
 ) -> None:
     dead_letters = await new_topic()
-    service = await esupdater(REPEATS_THE_VALUE, settings={
+    service = await new_service("repeats_the_value", settings={
         "dead_letter": {"topic": dead_letters, "max_attempts": 1},
     })
     name = "x" * 700_000
@@ -190,11 +157,11 @@ async def test_a_reason_repeating_a_700_kb_value_is_cut_and_the_record_dead_lett
 
 
 async def test_a_tombstone_record_is_dead_lettered_without_a_value_keyed_by_its_position(
-    esupdater: ServiceFactory, canal: CanalProducer, new_topic: TopicFactory,
+    new_service: ServiceFactory, canal: CanalProducer, new_topic: TopicFactory,
     kafka_bootstrap: str,
 ) -> None:
     dead_letters = await new_topic()
-    service = await esupdater(USERS, settings={"dead_letter": {"topic": dead_letters}})
+    service = await new_service("users_plain", settings={"dead_letter": {"topic": dead_letters}})
     tombstone = await canal.producer.send_and_wait(service.topic, None, key=b"shop.users:1",
                                                    partition=0)
     await canal.rows(service.topic, "users", "INSERT", [row(2)], partition=0)

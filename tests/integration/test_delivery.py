@@ -21,17 +21,6 @@ ROWS = 5000
 VERSIONS = 4  # INSERT v=0, then UPDATE v=1..3: 20,000 changes
 PARTITIONS = 3
 
-#: Not instant: a few ms per change, so a SIGKILL lands with work in flight.
-SLOWISH = """
-import asyncio, random
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await asyncio.sleep(random.random() * 0.004)
-    await ctx.upsert(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 
 async def _documents(es: AsyncElasticsearch, index: str) -> dict[str, dict[str, object]]:
     await settled(lambda: es.indices.refresh(index=index))
@@ -41,9 +30,9 @@ async def _documents(es: AsyncElasticsearch, index: str) -> dict[str, dict[str, 
 
 
 async def test_a_sigkill_mid_stream_loses_nothing_after_a_restart(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(SLOWISH, partitions=PARTITIONS)
+    service = await new_service("slowish", partitions=PARTITIONS)
     sent: list[tuple[int, int, RecordMetadata]] = []  # (id, v, where it went)
     futures = []
     for v in range(VERSIONS):
@@ -95,25 +84,11 @@ async def test_a_sigkill_mid_stream_loses_nothing_after_a_restart(
     assert await service.lag() == dict.fromkeys(range(PARTITIONS), 0)
 
 
-#: Rows named "slow" take SLOW_SECONDS and leave a file saying they started.
-DRAINABLE = """
-import asyncio, os
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.row["name"] == "slow" and SLOW_SECONDS:
-        open(os.path.join(WORKDIR, f"started-{change.pk}"), "w").close()
-        await asyncio.sleep(SLOW_SECONDS)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
-
 async def test_a_graceful_stop_finishes_in_flight_rows_and_commits_every_partition_to_its_end(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(
-        "SLOW_SECONDS = 2\n" + DRAINABLE, partitions=PARTITIONS,
+    service = await new_service(
+        "drainable", params={"slow_seconds": 2}, partitions=PARTITIONS,
         # No periodic commit within the test: only the stop's own commit can move offsets.
         settings={"kafka": {"commit_interval_ms": 600_000}},
     )
@@ -142,10 +117,10 @@ async def test_a_graceful_stop_finishes_in_flight_rows_and_commits_every_partiti
 
 
 async def test_rows_still_running_at_the_drain_timeout_stay_uncommitted_and_replay(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(
-        "SLOW_SECONDS = 60\n" + DRAINABLE,
+    service = await new_service(
+        "drainable", params={"slow_seconds": 60},
         settings={"runtime": {"drain_timeout_seconds": 1.0}},
     )
     for i in range(10):
@@ -169,7 +144,7 @@ async def test_rows_still_running_at_the_drain_timeout_stay_uncommitted_and_repl
     assert committed == stuck.offset  # everything before it, nothing from it on
     assert end == stuck.offset + 2
 
-    service.write_handlers("SLOW_SECONDS = 0\n" + DRAINABLE)  # the "fix"
+    service.write_handlers("drainable", {"slow_seconds": 0})  # the "fix"
     await service.started()
     await wait_count(es, service.index, 12, service=service)
     await service.stop()

@@ -27,17 +27,6 @@ from tests.integration.service_harness import (
 
 QUICK_RETRIES = {"bulk": {"initial_backoff_ms": 50, "max_backoff_ms": 1000}}
 
-#: Indexes every row, a little slowly, so a fault lands with work in flight.
-STEADY = """
-import asyncio
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await asyncio.sleep(0.002)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 
 @pytest.fixture
 async def restartable() -> AsyncIterator[None]:
@@ -57,9 +46,9 @@ async def _produce(canal: CanalProducer, topic: str, ids: range, v: int = 0) -> 
 
 
 async def test_elasticsearch_stopped_for_20_s_mid_stream_loses_nothing_and_resumes_by_itself(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
 ) -> None:
-    service = await esupdater(STEADY, partitions=2, settings=QUICK_RETRIES)
+    service = await new_service("slowish", partitions=2, settings=QUICK_RETRIES)
     await _produce(canal, service.topic, range(3000))
     await service.started()
 
@@ -83,9 +72,9 @@ async def test_elasticsearch_stopped_for_20_s_mid_stream_loses_nothing_and_resum
 
 
 async def test_a_kafka_broker_restart_mid_stream_loses_nothing(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, restartable: None
 ) -> None:
-    service = await esupdater(STEADY, partitions=2, settings=QUICK_RETRIES)
+    service = await new_service("slowish", partitions=2, settings=QUICK_RETRIES)
     await _produce(canal, service.topic, range(2000))
     await service.started()
 
@@ -106,21 +95,12 @@ async def test_a_kafka_broker_restart_mid_stream_loses_nothing(
 
 
 async def test_a_handler_that_raises_once_is_retried_and_succeeds(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-from esupdater import on
-
-failed_once = set()
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.pk not in failed_once:
-        failed_once.add(change.pk)
-        raise ConnectionResetError("the enrichment service hung up")
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-""", settings={"bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
-               "dead_letter": {"max_attempts": 3, "on_failure": "skip"}})
+    service = await new_service("raises_once", settings={
+        "bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
+        "dead_letter": {"max_attempts": 3, "on_failure": "skip"},
+    })
     await _produce(canal, service.topic, range(5))
     await service.started()
 
@@ -131,25 +111,16 @@ async def sync_user(change, ctx):
 
 
 async def test_redrive_applies_dead_letters_after_a_fix_and_reports_what_failed_again(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
     canal: CanalProducer,
     es: AsyncElasticsearch,
     new_topic: TopicFactory,
 ) -> None:
     dead_letters = await new_topic()
-    service = await esupdater("""
-from pathlib import Path
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.row["name"].startswith("boom") and not Path("fixed").exists():
-        raise ValueError(f"no rule for {change.row['name']}")
-    if change.row["name"] == "boom forever":
-        raise ValueError("still no rule")
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-""", settings={"bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
-               "dead_letter": {"max_attempts": 2, "topic": dead_letters}})
+    service = await new_service("boom", settings={
+        "bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
+        "dead_letter": {"max_attempts": 2, "topic": dead_letters},
+    })
     await canal.rows(service.topic, "users", "INSERT", [row(1), row(2, name="boom")])
     await canal.rows(service.topic, "users", "INSERT", [row(3, name="boom forever")])
     await canal.rows(service.topic, "users", "INSERT", [row(4)])
@@ -174,9 +145,9 @@ async def sync_user(change, ctx):
 
 
 async def test_a_configured_dead_letter_topic_that_does_not_exist_exits_2_saying_so(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(STEADY, settings={"dead_letter": {"topic": "no-such-topic-x"}})
+    service = await new_service("slowish", settings={"dead_letter": {"topic": "no-such-topic-x"}})
     service.start()
     assert await service.wait_exit() == 2
     assert "no-such-topic-x" in service.log()

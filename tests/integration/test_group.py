@@ -20,17 +20,6 @@ ROWS = 200
 ROUNDS = 30
 PARTITIONS = 4
 
-SLOWISH = """
-import asyncio, random
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await asyncio.sleep(random.random() * 0.004)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
-
 async def _produce_rounds(canal: CanalProducer, topic: str) -> None:
     """ROUNDS updates of every row, spread over a few seconds so rebalances land mid-stream."""
     for v in range(ROUNDS):
@@ -46,10 +35,10 @@ async def _all_final(es: AsyncElasticsearch, index: str) -> bool:
 
 
 async def test_a_joining_and_a_leaving_member_share_the_stream_and_the_final_state_is_right(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    first = await (await esupdater(SLOWISH, partitions=PARTITIONS)).started()
-    second = await esupdater(SLOWISH, joining=first)
+    first = await (await new_service("slowish", partitions=PARTITIONS)).started()
+    second = await new_service("slowish", joining=first)
     producing = asyncio.create_task(_produce_rounds(canal, first.topic))
     try:
         await asyncio.sleep(1.5)
@@ -72,10 +61,10 @@ async def test_a_joining_and_a_leaving_member_share_the_stream_and_the_final_sta
 
 
 async def test_a_member_killed_mid_stream_and_restarted_leaves_the_right_final_state(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    first = await (await esupdater(SLOWISH, partitions=PARTITIONS)).started()
-    second = await esupdater(SLOWISH, joining=first)
+    first = await (await new_service("slowish", partitions=PARTITIONS)).started()
+    second = await new_service("slowish", joining=first)
     producing = asyncio.create_task(_produce_rounds(canal, first.topic))
     try:
         await asyncio.sleep(1.0)
@@ -97,17 +86,8 @@ async def test_a_member_killed_mid_stream_and_restarted_leaves_the_right_final_s
     assert await second.lag() == dict.fromkeys(range(PARTITIONS), 0)
 
 
-VERSIONED = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
-"""
-
-
 async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owners(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
     canal: CanalProducer,
     es: AsyncElasticsearch,
     es_proxy: TcpProxy,
@@ -117,9 +97,9 @@ async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owne
     land after the new owner has written newer values: `change.version` keeps them out."""
     rows = 4 * PARTITIONS
     first = await (
-        await esupdater(VERSIONED, partitions=PARTITIONS, settings={
+        await new_service("users_versioned", partitions=PARTITIONS, settings={
             "elasticsearch": {"hosts": [es_proxy.url], "request_timeout": 120},
-            "bulk": {"max_in_flight": 32},  # nearly every row's write on the wire at once
+            "bulk": {"max_requests_in_flight": 32},  # nearly every row's write on the wire at once
             # Longer than the 6 s session timeout: the group must wait for this drain
             # rather than evict the member (it would then hand partitions over mid-write).
             "runtime": {"drain_timeout_seconds": 8.0},
@@ -149,8 +129,8 @@ async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owne
     await eventually(stuck, timeout=30, what="every v=1 row in flight", service=first)
     await asyncio.sleep(0.5)  # the lanes send what they hold
 
-    second = await esupdater(VERSIONED, joining=first,
-                             settings={"elasticsearch": {"hosts": [es_url]}})
+    second = await new_service("users_versioned", joining=first,
+                               settings={"elasticsearch": {"hosts": [es_url]}})
     await second.started()  # the first gives partitions up after its drain timeout
     moved = {int(p) for p in re.findall(rf"{first.topic}/(\d+)", second.log_since_start())}
     assert 0 < len(moved) < PARTITIONS, second.log_since_start()  # the first kept some
@@ -172,17 +152,6 @@ async def test_a_late_write_of_a_revoked_partition_cannot_overwrite_the_new_owne
     assert await at(2, list(range(rows)))
     assert "unfinished: cancelled, left uncommitted" in first.log()
 
-
-SATURATING = """
-import asyncio, random
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    ctx.log.info("handling %s#%d", change.position, change.row_index)
-    await asyncio.sleep(random.random() * 0.1)  # uneven: a partition's rows can all end first
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
 
 #: More rows per record than the pool holds: feeding waits for a slot mid-record.
 ROWS_PER_RECORD = 6
@@ -209,7 +178,7 @@ def _stale_starts(log: str, topic: str) -> list[str]:
 
 
 async def test_no_row_of_a_revoked_partition_runs_after_the_revocation_with_a_full_pool(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
     """Eager rebalances revoke every partition and hand most straight back; with the pool
     full and records longer than the pool, feeding waits for a slot mid-record when that
@@ -217,8 +186,10 @@ async def test_no_row_of_a_revoked_partition_runs_after_the_revocation_with_a_fu
     must not trip over the records it fetches again."""
     rounds = 40
     rows = ROWS_PER_RECORD * PARTITIONS
-    settings = {"worker": {"max_workers": 4}, "kafka": {"max_poll_records": 20}}
-    first = await (await esupdater(SATURATING, partitions=PARTITIONS, settings=settings)).started()
+    settings = {"dispatch": {"max_rows_in_flight": 4}, "kafka": {"max_poll_records": 20}}
+    first = await (
+        await new_service("saturating", partitions=PARTITIONS, settings=settings)
+    ).started()
 
     async def produce() -> None:
         for v in range(rounds):
@@ -229,7 +200,7 @@ async def test_no_row_of_a_revoked_partition_runs_after_the_revocation_with_a_fu
         await canal.flush()
 
     await produce()
-    second = await esupdater(SATURATING, joining=first)
+    second = await new_service("saturating", joining=first)
     for _ in range(4):  # four joins and four leaves while the first member is saturated
         await second.started()
         await asyncio.sleep(0.3)

@@ -20,27 +20,11 @@ SETTINGS = {
     "dead_letter": {"on_failure": "skip", "max_attempts": 3},
 }
 
-#: Row 2 trips the mistake; rows 1 and 3 are written properly.
-MISTAKES = """
-import asyncio
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.row["name"] == "no-await":
-        ctx.index(index=INDEX, id=change.pk, doc=change.row)
-        return
-    if change.row["name"] == "timeout":
-        async with asyncio.timeout(0.01):
-            await asyncio.sleep(1)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 
 async def test_a_forgotten_await_and_a_handlers_own_timeout_count_attempts_and_are_set_aside(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(MISTAKES, settings=SETTINGS)
+    service = await new_service("mistakes", settings=SETTINGS)
     await canal.rows(service.topic, "users", "INSERT", [row(1)])
     forgot = await (await canal.rows(service.topic, "users", "INSERT", [row(2, "no-await")]))
     await canal.rows(service.topic, "users", "INSERT", [row(3, "timeout")])

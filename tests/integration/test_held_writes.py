@@ -31,14 +31,6 @@ SETTINGS = {
     "dead_letter": {"on_failure": "skip", "max_attempts": 1},
 }
 
-WRITER = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 #: Rows written before the trouble (applied and committed) and while it lasts (held).
 BEFORE, DURING = 1, 5
 
@@ -82,9 +74,9 @@ async def assert_held_then_applied(
 
 
 async def test_a_write_blocked_index_holds_the_partition_instead_of_setting_rows_aside(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(WRITER, settings=SETTINGS)
+    service = await new_service("users_plain", settings=SETTINGS)
     await es.indices.create(index=service.index)
     await service.started()
     await produce(canal, service, range(BEFORE))
@@ -117,11 +109,10 @@ async def auto_create_forbidden(es: AsyncElasticsearch, pattern: str) -> AsyncIt
 
 
 async def test_an_index_that_does_not_exist_holds_the_partition_until_it_is_created(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(WRITER.replace(  # the DURING rows go to an index of their own
-        "index=INDEX,", f"index=INDEX if int(change.pk) < {BEFORE} else INDEX + '-late',"
-    ), settings=SETTINGS)
+    service = await new_service(  # the DURING rows go to an index of their own
+        "users_late_index", params={"late_from": BEFORE}, settings=SETTINGS)
     late = f"{service.index}-late"
     await service.started()
     await produce(canal, service, range(BEFORE))
@@ -138,12 +129,12 @@ async def test_an_index_that_does_not_exist_holds_the_partition_until_it_is_crea
 
 
 async def test_a_401_holds_the_partition_instead_of_setting_rows_aside(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, es_url: str
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, es_url: str
 ) -> None:
     """Credentials revoked mid-stream: the local server has no security, so an edge relay
     in front of it answers the bulk requests with 401 until the test restores them."""
     async with es_edge(es_url) as edge:
-        service = await esupdater(WRITER, settings={
+        service = await new_service("users_plain", settings={
             **SETTINGS, "elasticsearch": {"hosts": [edge.url], "request_timeout": 5.0},
         })
         await service.started()

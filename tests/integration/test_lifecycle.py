@@ -22,31 +22,20 @@ from tests.integration.service_harness import (
     wait_count,
 )
 
-USERS = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.is_delete:
-        await ctx.delete(index=INDEX, id=change.pk)
-    else:
-        await ctx.upsert(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 
 async def test_run_writes_its_pid_to_the_pidfile_and_start_to_the_status_file(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await (await esupdater(USERS)).started()
+    service = await (await new_service("users_upserted")).started()
 
     assert service.pidfile_pid() == service.proc.pid  # type: ignore[union-attr]
     assert service.status_word() == "start"
 
 
 async def test_a_second_run_on_the_same_runtime_dir_exits_nonzero_saying_already_running(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await (await esupdater(USERS)).started()
+    service = await (await new_service("users_upserted")).started()
 
     second = await service.cli("run", timeout=30)
 
@@ -58,9 +47,9 @@ async def test_a_second_run_on_the_same_runtime_dir_exits_nonzero_saying_already
 
 
 async def test_a_stale_pidfile_of_a_dead_pid_is_replaced_and_run_starts(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
     dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
     await dead.wait()
     service.runtime.mkdir()
@@ -73,9 +62,9 @@ async def test_a_stale_pidfile_of_a_dead_pid_is_replaced_and_run_starts(
 
 
 async def test_stop_waits_for_the_drain_prints_stopped_exits_0_and_the_pidfile_is_gone(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await (await esupdater(USERS)).started()
+    service = await (await new_service("users_upserted")).started()
 
     stopped = await service.stop()
 
@@ -86,9 +75,9 @@ async def test_stop_waits_for_the_drain_prints_stopped_exits_0_and_the_pidfile_i
 
 
 async def test_stop_with_nothing_running_exits_1_saying_not_running(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
 
     stopped = await service.cli("stop")
 
@@ -96,8 +85,8 @@ async def test_stop_with_nothing_running_exits_1_saying_not_running(
     assert "not running" in stopped.output, stopped
 
 
-async def test_stop_after_a_crash_says_not_running(esupdater: ServiceFactory) -> None:
-    service = await (await esupdater(USERS)).started()
+async def test_stop_after_a_crash_says_not_running(new_service: ServiceFactory) -> None:
+    service = await (await new_service("users_upserted")).started()
     service.kill()
     assert service.pidfile.exists()  # SIGKILL leaves it behind, unlocked
 
@@ -108,9 +97,9 @@ async def test_stop_after_a_crash_says_not_running(esupdater: ServiceFactory) ->
 
 
 async def _exits_cleanly_on(
-    sig: signal.Signals, esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    sig: signal.Signals, new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await (await esupdater(USERS)).started()
+    service = await (await new_service("users_upserted")).started()
     for i in range(20):
         await canal.rows(service.topic, "users", "INSERT", [row(i)])
     await canal.flush()
@@ -125,21 +114,21 @@ async def _exits_cleanly_on(
 
 
 async def test_sigterm_drains_commits_exits_0_and_removes_the_pidfile(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    await _exits_cleanly_on(signal.SIGTERM, esupdater, canal, es)
+    await _exits_cleanly_on(signal.SIGTERM, new_service, canal, es)
 
 
 async def test_sigint_drains_commits_exits_0_and_removes_the_pidfile(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    await _exits_cleanly_on(signal.SIGINT, esupdater, canal, es)
+    await _exits_cleanly_on(signal.SIGINT, new_service, canal, es)
 
 
 async def test_status_shows_running_the_pid_and_the_rows_done(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await (await esupdater(USERS)).started()
+    service = await (await new_service("users_upserted")).started()
     for i in range(7):
         await canal.rows(service.topic, "users", "INSERT", [row(i)])
     await canal.flush()
@@ -159,9 +148,9 @@ async def test_status_shows_running_the_pid_and_the_rows_done(
 
 
 async def test_status_with_nothing_running_exits_1_saying_not_running(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
 
     status = await service.cli("status")
 
@@ -169,12 +158,8 @@ async def test_status_with_nothing_running_exits_1_saying_not_running(
     assert "not running" in status.output, status
 
 
-async def test_check_prints_the_route_table_and_exits_0(esupdater: ServiceFactory) -> None:
-    service = await esupdater(USERS + """
-@on("shop.orders_*", types={"INSERT"})
-async def new_order(change, ctx):
-    pass
-""")
+async def test_check_prints_the_route_table_and_exits_0(new_service: ServiceFactory) -> None:
+    service = await new_service("check_routes")
 
     checked = await service.cli("check")
 
@@ -190,9 +175,9 @@ async def new_order(change, ctx):
 
 
 async def test_check_exits_2_naming_the_unknown_key_and_the_file(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS, settings={"kafka": {"max_workerz": 8}})
+    service = await new_service("users_upserted", settings={"kafka": {"max_workerz": 8}})
 
     checked = await service.cli("check")
 
@@ -201,9 +186,9 @@ async def test_check_exits_2_naming_the_unknown_key_and_the_file(
 
 
 async def test_check_exits_2_naming_the_env_var_of_a_bad_value(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
 
     checked = await service.cli("check", env={"ESUPDATER_WORKER__MAX_WORKERS": "zero"})
 
@@ -212,9 +197,9 @@ async def test_check_exits_2_naming_the_env_var_of_a_bad_value(
 
 
 async def test_run_with_an_unknown_settings_key_exits_2_before_taking_the_pidfile(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS, settings={"runtime": {"drain_timeout": 5}})
+    service = await new_service("users_upserted", settings={"runtime": {"drain_timeout": 5}})
 
     ran = await service.cli("run", timeout=30)
 
@@ -224,10 +209,10 @@ async def test_run_with_an_unknown_settings_key_exits_2_before_taking_the_pidfil
 
 
 async def test_a_topic_created_after_start_is_consumed_once_it_exists(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
     new_topic: TopicFactory,
 ) -> None:
-    service = await esupdater(USERS, create_topic=False)
+    service = await new_service("users_upserted", create_topic=False)
     service.start()
 
     async def waiting() -> bool:
@@ -244,17 +229,9 @@ async def test_a_topic_created_after_start_is_consumed_once_it_exists(
 
 
 async def test_stop_gives_up_after_its_timeout_saying_still_running_and_exits_1(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-import asyncio, os
-from esupdater import on
-
-@on("shop.users")
-async def stuck(change, ctx):
-    open(os.path.join(WORKDIR, "started"), "w").close()
-    await asyncio.sleep(60)
-""")
+    service = await new_service("stuck")
     await service.started()
     await canal.rows(service.topic, "users", "INSERT", [row(1)])
     await canal.flush()
@@ -272,9 +249,9 @@ async def stuck(change, ctx):
 
 
 async def test_run_with_no_handlers_registered_exits_2_like_check_and_commits_nothing(
-    esupdater: ServiceFactory, canal: CanalProducer
+    new_service: ServiceFactory, canal: CanalProducer
 ) -> None:
-    service = await esupdater("# registers no handler\n")
+    service = await new_service("no_handlers")
     for i in range(5):
         await canal.rows(service.topic, "users", "INSERT", [row(i)])
     await canal.flush()
@@ -292,9 +269,9 @@ async def test_run_with_no_handlers_registered_exits_2_like_check_and_commits_no
 
 
 async def test_run_refuses_a_pidfile_that_is_a_symlink_with_exit_2_and_leaves_its_target(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
     victim = service.workdir / "precious.txt"
     victim.write_text("keep me\n")
     service.runtime.mkdir()
@@ -329,9 +306,9 @@ ES_API_KEY_OVER_HTTP = {"ESUPDATER_ELASTICSEARCH__API_KEY": "secret-3"}
     ("elasticsearch.api_key", ES_API_KEY_OVER_HTTP),
 ])
 async def test_check_warns_about_a_credential_sent_in_clear_naming_the_setting(
-    esupdater: ServiceFactory, setting: str, env: dict[str, str]
+    new_service: ServiceFactory, setting: str, env: dict[str, str]
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
 
     checked = await service.cli("check", env=env)
 
@@ -341,9 +318,9 @@ async def test_check_warns_about_a_credential_sent_in_clear_naming_the_setting(
 
 
 async def test_run_logs_a_warning_for_a_credential_sent_in_clear_naming_the_setting(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(USERS)
+    service = await new_service("users_upserted")
 
     service.start(env=ES_PASSWORD_OVER_HTTP)
     await service.ready()
@@ -354,8 +331,8 @@ async def test_run_logs_a_warning_for_a_credential_sent_in_clear_naming_the_sett
     assert "secret-" not in service.log_since_start()
 
 
-async def test_check_is_quiet_about_credentials_over_tls(esupdater: ServiceFactory) -> None:
-    service = await esupdater(USERS, settings={"elasticsearch": {"hosts": ["https://es:9200"]}})
+async def test_check_is_quiet_about_credentials_over_tls(new_service: ServiceFactory) -> None:
+    service = await new_service("users_upserted", settings={"elasticsearch": {"hosts": ["https://es:9200"]}})
 
     checked = await service.cli("check", env={
         **ES_PASSWORD_OVER_HTTP, **SASL_PLAIN_IN_CLEAR,

@@ -20,14 +20,6 @@ from tests.integration.service_harness import (
 
 ROWS = 50
 
-VERSIONED = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=change.version)
-"""
-
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -49,9 +41,9 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 async def test_metrics_and_status_count_rows_stale_writes_and_lag(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    first = await esupdater(VERSIONED)
+    first = await new_service("users_versioned")
     for i in range(ROWS):
         await canal.rows(first.topic, "users", "INSERT", [row(i)])
     await canal.flush()
@@ -63,7 +55,7 @@ async def test_metrics_and_status_count_rows_stale_writes_and_lag(
     # versions turn into writes Elasticsearch refuses as stale.
     port = _free_port()
     replay = await (
-        await esupdater(VERSIONED, joining=first, settings={
+        await new_service("users_versioned", joining=first, settings={
             "kafka": {"group_id": f"{first.group}-replay"}, "metrics": {"port": port},
         })
     ).started()
@@ -90,23 +82,12 @@ async def test_metrics_and_status_count_rows_stale_writes_and_lag(
     assert re.search(r"lag\s+0\b", status.stdout), status.stdout
 
 
-STUCK_ON_ONE = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.pk == "0":
-        raise RuntimeError("row 0 cannot be written")
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
-
 async def test_a_partition_stuck_on_its_first_record_after_a_restart_shows_its_lag(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
     """Block mode holds the partition at row 0; lag is counted from the group's committed
     offset, so it shows even though this process never committed anything there."""
-    service = await esupdater(STUCK_ON_ONE, settings={
+    service = await new_service("stuck_on_row_0", settings={
         "dead_letter": {"max_attempts": 1, "on_failure": "block"},
     })
     for i in range(1, 6):

@@ -18,35 +18,6 @@ HOT_UPDATES = 500
 COLD_ROWS = 50
 PARTITIONS = 3
 
-#: Writes each change, then logs "pk v" once Elasticsearch acknowledged it, and the peak
-#: number of changes in the handler at once (different keys must overlap, or this proves
-#: nothing). SLEEP is set by each test.
-ORDER_LOGGING = """
-import asyncio, os, random
-from esupdater import on
-
-_log = open(os.path.join(WORKDIR, "applied.log"), "a", buffering=1)
-_inside = 0
-_peak = 0
-
-@on("shop.users")
-async def apply(change, ctx):
-    global _inside, _peak
-    _inside += 1
-    if _inside > _peak:
-        _peak = _inside
-        with open(os.path.join(WORKDIR, "peak"), "w") as f:
-            f.write(str(_peak))
-    try:
-        if SLEEP:
-            await asyncio.sleep(random.random() * SLEEP)
-        await ctx.index(index=INDEX, id=change.pk, doc={"v": change.row["v"]})
-        _log.write(f"{change.pk} {change.row['v']}\\n")
-    finally:
-        _inside -= 1
-"""
-
-
 async def _produce_interleaved(canal: CanalProducer, topic: str) -> dict[str, int]:
     """500 updates of row 0 with 500 updates spread over rows 1..50; returns the last v's."""
     last: dict[str, int] = defaultdict(int)
@@ -77,11 +48,12 @@ async def _applied_in_order(
 
 
 async def test_500_updates_of_one_row_fetched_at_once_end_with_the_last_value(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(
-        "SLEEP = 0\n" + ORDER_LOGGING, partitions=PARTITIONS,
-        settings={"worker": {"max_workers": 2000}, "kafka": {"max_poll_records": 5000}},
+    service = await new_service(
+        "order_logging", params={"sleep": 0}, partitions=PARTITIONS,
+        settings={"dispatch": {"max_rows_in_flight": 2000},
+                  "kafka": {"max_poll_records": 5000}},
     )
     last = await _produce_interleaved(canal, service.topic)  # all there before the first fetch
 
@@ -91,11 +63,12 @@ async def test_500_updates_of_one_row_fetched_at_once_end_with_the_last_value(
 
 
 async def test_handlers_sleeping_at_random_still_apply_each_rows_changes_in_binlog_order(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(
-        "SLEEP = 0.005\n" + ORDER_LOGGING, partitions=PARTITIONS,
-        settings={"worker": {"max_workers": 2000}, "kafka": {"max_poll_records": 5000}},
+    service = await new_service(
+        "order_logging", params={"sleep": 0.005}, partitions=PARTITIONS,
+        settings={"dispatch": {"max_rows_in_flight": 2000},
+                  "kafka": {"max_poll_records": 5000}},
     )
     last = await _produce_interleaved(canal, service.topic)
 
@@ -104,31 +77,11 @@ async def test_handlers_sleeping_at_random_still_apply_each_rows_changes_in_binl
     await _applied_in_order(service, es, last)
 
 
-#: Rows indexed after a random pause; TRUNCATE empties the index (what a user's handler for
-#: a truncated table does), as soon as it runs.
-TRUNCATING = """
-import asyncio, random
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await asyncio.sleep(random.random() * 0.05)
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-
-@on("shop.users", types={"TRUNCATE"})
-async def truncated(change, ctx):
-    # The test server has no _delete_by_query: search what is there and delete it.
-    await ctx.es.indices.refresh(index=INDEX, ignore_unavailable=True)
-    found = await ctx.es.search(index=INDEX, size=1000, ignore_unavailable=True)
-    await ctx.bulk([{"_op_type": "delete", "_index": INDEX, "_id": hit["_id"]}
-                    for hit in found["hits"]["hits"]])
-"""
-
-
 async def test_a_truncate_runs_after_the_tables_earlier_rows_and_before_its_later_ones(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater(TRUNCATING, settings={"worker": {"max_workers": 500}})
+    service = await new_service("truncating",
+                                settings={"dispatch": {"max_rows_in_flight": 500}})
     for i in range(60):
         await canal.rows(service.topic, "users", "INSERT", [row(i)])
     await canal.ddl(service.topic, "users", "TRUNCATE", "TRUNCATE TABLE users")

@@ -17,36 +17,24 @@ from tests.integration.service_harness import (
     source,
 )
 
-#: Fails on rows named "boom" until the file `fixed` exists in the working directory.
-FAILS_UNTIL_FIXED = """
-from pathlib import Path
-from esupdater import on
 
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.row["name"] == "boom" and not Path("fixed").exists():
-        raise ValueError("no rule for boom")
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row, version=VERSION)
-"""
-
-
-def failing_until_fixed(versioned: bool) -> str:
-    return FAILS_UNTIL_FIXED.replace("VERSION", "change.version" if versioned else "None")
-
-
-async def dead_lettering(esupdater: ServiceFactory, dead_letters: str, handlers: str) -> Service:
-    return await esupdater(handlers, settings={
+async def dead_lettering(
+    new_service: ServiceFactory, dead_letters: str, *, versioned: bool
+) -> Service:
+    """The `boom` handlers (rows named "boom" fail until the file `fixed` exists), one attempt
+    each, then to `dead_letters`."""
+    return await new_service("boom", params={"versioned": versioned}, settings={
         "bulk": {"initial_backoff_ms": 20, "max_backoff_ms": 100},
         "dead_letter": {"max_attempts": 1, "topic": dead_letters},
     })
 
 
 async def test_redrive_of_a_row_whose_handler_is_gone_says_nothing_ran_and_keeps_it(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
     new_topic: TopicFactory,
 ) -> None:
     dead_letters = await new_topic()
-    service = await dead_lettering(esupdater, dead_letters, failing_until_fixed(False))
+    service = await dead_lettering(new_service, dead_letters, versioned=False)
     await canal.rows(service.topic, "users", "INSERT", [row(1, name="boom")])
     await canal.flush()
     await service.started()
@@ -54,7 +42,7 @@ async def test_redrive_of_a_row_whose_handler_is_gone_says_nothing_ran_and_keeps
     await service.stop()
 
     # The handler is renamed meanwhile: the dead letter names one that no longer exists.
-    service.write_handlers(failing_until_fixed(False).replace("sync_user", "index_user"))
+    service.write_handlers("boom_renamed")
     (service.workdir / "fixed").touch()
     ran = await service.cli("redrive")
     assert ran.returncode == 1, ran
@@ -73,11 +61,11 @@ async def test_redrive_of_a_row_whose_handler_is_gone_says_nothing_ran_and_keeps
 
 
 async def test_redrive_of_a_versioned_row_older_than_the_document_reports_it_stale(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch,
     new_topic: TopicFactory,
 ) -> None:
     dead_letters = await new_topic()
-    service = await dead_lettering(esupdater, dead_letters, failing_until_fixed(True))
+    service = await dead_lettering(new_service, dead_letters, versioned=True)
     await canal.rows(service.topic, "users", "INSERT", [row(1, name="boom")])
     await canal.rows(service.topic, "users", "UPDATE", [row(1, name="newer")],
                      old=[{"name": "boom"}])
@@ -97,9 +85,9 @@ async def test_redrive_of_a_versioned_row_older_than_the_document_reports_it_sta
 
 
 async def test_redrive_help_warns_that_unversioned_writes_replace_newer_documents(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
 ) -> None:
-    service = await esupdater(failing_until_fixed(True))
+    service = await new_service("boom", params={"versioned": True})
     ran = await service.cli("redrive", "--help")
     assert ran.returncode == 0, ran
     assert "unversioned writes" in ran.output, ran

@@ -25,29 +25,18 @@ QUICK_RETRIES = {
     "dead_letter": {"max_attempts": 3},
 }
 
-#: Raises for rows named "boom" (every attempt); indexes the others.
-FLAKY = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    if change.row["name"] == "boom":
-        raise RuntimeError(f"cannot handle row {change.pk}")
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
 
 async def test_a_handler_that_keeps_raising_is_retried_then_dead_lettered_and_the_stream_goes_on(
-    esupdater: ServiceFactory,
+    new_service: ServiceFactory,
     canal: CanalProducer,
     es: AsyncElasticsearch,
     new_topic: TopicFactory,
     kafka_bootstrap: str,
 ) -> None:
     dead_letters = await new_topic()
-    service = await esupdater(FLAKY, settings={**QUICK_RETRIES,
-                                               "dead_letter": {"max_attempts": 3,
-                                                               "topic": dead_letters}})
+    service = await new_service("boom", settings={
+        **QUICK_RETRIES, "dead_letter": {"max_attempts": 3, "topic": dead_letters},
+    })
     await canal.rows(service.topic, "users", "INSERT", [row(1)])
     boom = await (await canal.rows(service.topic, "users", "INSERT", [row(2, name="boom")]))
     await canal.rows(service.topic, "users", "INSERT", [row(3)])
@@ -75,15 +64,11 @@ async def test_a_handler_that_keeps_raising_is_retried_then_dead_lettered_and_th
 
 
 async def test_a_document_elasticsearch_refuses_is_set_aside_without_retries(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    service = await esupdater("""
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc={"v": change.raw["name"]})
-""", settings={**QUICK_RETRIES, "dead_letter": {"on_failure": "skip"}})
+    service = await new_service("name_as_v", settings={
+        **QUICK_RETRIES, "dead_letter": {"on_failure": "skip"},
+    })
     await es.indices.create(index=service.index, mappings={"properties": {"v": {"type": "long"}}})
     await canal.rows(service.topic, "users", "INSERT", [row(1, name="1")])
     refused = await (await canal.rows(service.topic, "users", "INSERT",
@@ -106,9 +91,9 @@ async def sync_user(change, ctx):
 
 
 async def test_while_elasticsearch_is_unreachable_rows_wait_uncommitted_and_are_never_set_aside(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, es_proxy: TcpProxy
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch, es_proxy: TcpProxy
 ) -> None:
-    service = await esupdater(FLAKY, settings={
+    service = await new_service("boom", settings={
         **QUICK_RETRIES,
         "elasticsearch": {"hosts": [es_proxy.url], "request_timeout": 5.0},
         "dead_letter": {"on_failure": "skip", "max_attempts": 1},

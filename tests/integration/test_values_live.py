@@ -21,7 +21,7 @@ from elasticsearch import AsyncElasticsearch, BadRequestError
 from esupdater.clients import make_elasticsearch
 from esupdater.settings import ElasticsearchSettings
 from esupdater.testing import MemorySink
-from tests.integration.conftest import ELASTICSEARCH, TableFactory
+from tests.integration.conftest import TableFactory
 from tests.integration.service_harness import (
     CanalProducer,
     ServiceFactory,
@@ -37,37 +37,12 @@ from tests.integration.test_canal_live import (
     wait_changes,
     wait_mirrored,
 )
+from tools.local_stack import ELASTICSEARCH
 
 BIG = Decimal("123456789012345678.91")
 FINE = Decimal("999999999999.999999")
 TINY = Decimal("0.0000001000")
 HUGE = Decimal("1E+999999")
-
-#: One document per row, the row as esupdater typed it (MIRROR of test_canal_live, unversioned).
-MIRROR = """
-from esupdater import on
-
-@on("shop.TABLE")
-async def mirror(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-
-#: One document per row change: each binary column's value as the bytes' hex, and its length.
-BYTES = """
-from esupdater import on
-
-@on("shop.TABLE")
-async def log(change, ctx):
-    def hex_of(values):
-        return {name: None if value is None else value.encode("latin-1").hex()
-                for name, value in (values or {}).items() if name != "id"}
-
-    await ctx.index(
-        index=INDEX, id=f"{change.partition}-{change.offset}-{change.row_index}",
-        doc={"id": change.row["id"], "type": change.type, "row": hex_of(change.row),
-             "old": hex_of(change.old)},
-    )
-"""
 
 
 def raw_get(path: str, body: dict[str, Any] | None = None) -> str:
@@ -156,12 +131,12 @@ async def test_a_decimal_no_double_holds_is_kept_by_a_keyword_field_and_refused_
 
 @pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
 async def test_a_decimal_from_mariadb_reaches_elasticsearch_with_every_digit(
-    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    topic: str, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table("id INT PRIMARY KEY, big DECIMAL(20,2), fine DECIMAL(18,6), "
                       "tiny DECIMAL(20,10), neg DECIMAL(65,30)")
-    service = await following(esupdater, MIRROR, table, topic)
+    service = await following(new_service, "canal_rows", table, topic)
     neg = "-" + "9" * 35 + "." + "9" * 30
     execute(mariadb, f"INSERT INTO {table} VALUES "
                      f"(1, {BIG}, {FINE}, {TINY}, {neg}), (2, 0.50, 0, 0, 0)")
@@ -178,11 +153,11 @@ async def test_a_decimal_from_mariadb_reaches_elasticsearch_with_every_digit(
 
 @pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
 async def test_binary_keeps_its_trailing_zero_bytes_and_varbinary_its_length(
-    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    topic: str, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table("id INT PRIMARY KEY, b BINARY(4), vb VARBINARY(4), bl BLOB")
-    service = await following(esupdater, BYTES, table, topic)
+    service = await following(new_service, "canal_bytes", table, topic)
     execute(
         mariadb,
         f"INSERT INTO {table} VALUES (1, x'00000000', x'0000', x'00'), "
@@ -209,11 +184,11 @@ async def test_binary_keeps_its_trailing_zero_bytes_and_varbinary_its_length(
 
 @pytest.mark.parametrize("topic", [CANAL_TOPIC, CANAL_PB_TOPIC], ids=["flat", "protobuf"])
 async def test_composite_keys_holding_the_separator_stay_two_documents(
-    topic: str, esupdater: ServiceFactory, es: AsyncElasticsearch,
+    topic: str, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
 ) -> None:
     table = new_table("a VARCHAR(8), b VARCHAR(8), v INT, PRIMARY KEY (a, b)")
-    service = await following(esupdater, MIRROR, table, topic)
+    service = await following(new_service, "canal_rows", table, topic)
     execute(mariadb, f"INSERT INTO {table} VALUES ('1:2', '3', 1), ('1', '2:3', 2), ('7', '3', 3)")
 
     await wait_changes(es, service, 3)
@@ -233,16 +208,9 @@ FATAL_ONCE = orjson.dumps({
 
 
 async def test_a_record_with_a_number_in_a_composite_key_is_set_aside_and_the_stream_goes_on(
-    esupdater: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
 ) -> None:
-    users = """
-from esupdater import on
-
-@on("shop.users")
-async def sync_user(change, ctx):
-    await ctx.index(index=INDEX, id=change.pk, doc=change.row)
-"""
-    service = await esupdater(users, settings={"dead_letter": {"on_failure": "skip"}})
+    service = await new_service("users_plain", settings={"dead_letter": {"on_failure": "skip"}})
     await canal.rows(service.topic, "users", "INSERT", [row(1)], partition=0)
     bad = (await canal.send_and_wait(service.topic, FATAL_ONCE, partition=0)).offset
     await canal.rows(service.topic, "users", "INSERT", [row(2)], partition=0)

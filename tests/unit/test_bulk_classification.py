@@ -20,6 +20,7 @@ from esupdater.backoff import Backoff
 from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
+from esupdater.stats import Stats
 from esupdater.testing import make_change
 from tests.unit.fake_elasticsearch import FakeElasticsearch, ItemScript, api_error
 
@@ -30,8 +31,10 @@ DEADLINE = 5.0
 
 
 @asynccontextmanager
-async def running(es: FakeElasticsearch, *, lanes: int = 1) -> AsyncIterator[BulkWriter]:
-    writer = BulkWriter(cast(Any, es), BulkLimits(max_in_flight=lanes), QUICK)
+async def running(
+    es: FakeElasticsearch, *, lanes: int = 1, stats: Stats | None = None
+) -> AsyncIterator[BulkWriter]:
+    writer = BulkWriter(cast(Any, es), BulkLimits(max_in_flight=lanes), QUICK, stats=stats)
     await writer.start()
     try:
         async with asyncio.timeout(DEADLINE):

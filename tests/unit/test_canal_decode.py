@@ -1,4 +1,4 @@
-"""What decode_record makes of Canal's row events, the same for flat JSON and protobuf."""
+"""What the Canal decoder makes of Canal's row events, the same for flat JSON and protobuf."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from esupdater.canal import decode_record, flat_message, protobuf_message
+from esupdater.canal import CanalDecoder, flat_message, protobuf_message
 from esupdater.change import Change, Position
 
 POSITION = Position("canal.shop", 3, 42)
@@ -28,7 +28,7 @@ def build(request: pytest.FixtureRequest) -> Builder:
 
 
 def decode(value: bytes, **options: Any) -> list[Change]:
-    return decode_record(value, POSITION, **options)
+    return CanalDecoder(**options).decode(value, POSITION)
 
 
 def test_an_insert_gives_one_typed_change(build: Builder) -> None:
@@ -152,6 +152,14 @@ def test_ddl_types_are_ddl_even_without_the_isddl_flag(build: Builder, kind: str
 
     assert change.is_ddl
     assert change.type == kind
+
+
+def test_the_ddl_types_handlers_can_ask_for_are_the_ones_the_decoder_makes() -> None:
+    """One set of DDL types: what `types=` accepts, what the decoder and the barrier use."""
+    from esupdater import change, routing
+
+    assert routing.DDL_TYPES is change.DDL_TYPES
+    assert routing.KNOWN_TYPES == change.ROW_TYPES | change.DDL_TYPES
 
 
 def test_a_query_flagged_ddl_is_ddl(build: Builder) -> None:

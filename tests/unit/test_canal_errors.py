@@ -10,7 +10,7 @@ import pytest
 
 from esupdater.canal import (
     CanalDecodeError,
-    decode_record,
+    CanalDecoder,
     flat_message,
     protobuf_message,
     protobuf_packet,
@@ -26,12 +26,13 @@ GOOD_FLAT = flat_message("shop", "t", "UPDATE", ROWS, old=[{"name": "b"}], mysql
 GOOD_PROTOBUF = protobuf_message(
     "shop", "t", "UPDATE", ROWS, old=[{"name": "b"}], mysql_types=TYPES, transaction=True
 )
+DECODER = CanalDecoder()
 
 
 def reason(value: bytes | None) -> str:
     """The error's message, checked to start with the record's position."""
     with pytest.raises(CanalDecodeError) as caught:
-        decode_record(value, POSITION)
+        DECODER.decode(value, POSITION)
     assert str(caught.value).startswith("orders/3@1200: ")
     assert caught.value.position == POSITION
     return caught.value.reason
@@ -142,7 +143,7 @@ def test_a_value_that_does_not_parse_names_its_column(mysql_type: str, value: st
     record = flat_message("db", "t", "INSERT", [{"v": value}], mysql_types={"v": mysql_type})
 
     with pytest.raises(CanalDecodeError) as caught:
-        decode_record(record, POSITION, tinyint1_as_bool=True)
+        CanalDecoder(tinyint1_as_bool=True).decode(record, POSITION)
 
     assert str(caught.value).startswith(f"orders/3@1200: column 'v': {value!r}")
 
@@ -213,7 +214,7 @@ def decodes_or_rejects(value: bytes) -> None:
     """Either a list of changes or CanalDecodeError naming the record; nothing else escapes."""
     outcome: object
     try:
-        outcome = decode_record(value, POSITION)
+        outcome = DECODER.decode(value, POSITION)
     except CanalDecodeError as exc:
         outcome = exc
     if isinstance(outcome, CanalDecodeError):

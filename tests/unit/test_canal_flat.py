@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import orjson
 
-from esupdater.canal import decode_record, flat_message
+from esupdater.canal import CanalDecoder, flat_message
 from esupdater.change import Position
 
+DECODER = CanalDecoder()
 POSITION = Position("canal", 0, 7)
 
 #: A record as Canal 1.1.x writes it (fastjson: keys sorted, nulls written).
@@ -22,7 +23,7 @@ CANAL_UPDATE = b"""{
 
 
 def test_a_record_as_canal_writes_it_decodes() -> None:
-    [change] = decode_record(CANAL_UPDATE, POSITION)
+    [change] = DECODER.decode(CANAL_UPDATE, POSITION)
 
     assert change.key == ("shop", "accounts", "11")
     assert change.row == {
@@ -35,14 +36,14 @@ def test_a_record_as_canal_writes_it_decodes() -> None:
 
 
 def test_leading_whitespace_is_still_json() -> None:
-    assert len(decode_record(b"\n  " + CANAL_UPDATE, POSITION)) == 1
+    assert len(DECODER.decode(b"\n  " + CANAL_UPDATE, POSITION)) == 1
 
 
 def test_sqltype_types_columns_that_have_no_mysqltype() -> None:
     message = orjson.loads(CANAL_UPDATE)
     message["mysqlType"] = None
 
-    [change] = decode_record(orjson.dumps(message), POSITION)
+    [change] = DECODER.decode(orjson.dumps(message), POSITION)
 
     assert change.row["id"] == 11
     assert change.row["balance"] == Decimal("10.50")
@@ -52,7 +53,7 @@ def test_columns_without_any_type_stay_strings() -> None:
     message = orjson.loads(CANAL_UPDATE)
     message["mysqlType"] = message["sqlType"] = None
 
-    [change] = decode_record(orjson.dumps(message), POSITION)
+    [change] = DECODER.decode(orjson.dumps(message), POSITION)
 
     assert change.row["id"] == "11"
 
@@ -61,7 +62,7 @@ def test_a_null_es_gives_no_executed_at() -> None:
     message = orjson.loads(CANAL_UPDATE)
     message["es"] = None
 
-    [change] = decode_record(orjson.dumps(message), POSITION)
+    [change] = DECODER.decode(orjson.dumps(message), POSITION)
 
     assert change.executed_at is None
 
@@ -70,7 +71,7 @@ def test_an_update_without_old_has_no_changed_columns() -> None:
     message = orjson.loads(CANAL_UPDATE)
     message["old"] = None
 
-    [change] = decode_record(orjson.dumps(message), POSITION)
+    [change] = DECODER.decode(orjson.dumps(message), POSITION)
 
     assert change.old == {}
     assert change.changed == frozenset()

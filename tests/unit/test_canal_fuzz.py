@@ -1,6 +1,6 @@
 """Fuzzing the decoder with real Canal records gone wrong: only CanalDecodeError may escape.
 
-Any other exception from `decode_record` would not be set aside: the service would stop, and
+Any other exception from `CanalDecoder.decode` would not be set aside: the service would stop, and
 stop again on the same record after every restart. The records start as what Canal 1.1.7
 really wrote (tests/fixtures/) and are mutated in their structure (a field of another type, a
 missing field, a composite key, a protobuf field set to another value) and in their bytes.
@@ -20,10 +20,11 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esupdater.canal import CanalDecodeError, decode_record, flat_message
+from esupdater.canal import CanalDecodeError, CanalDecoder, flat_message
 from esupdater.canal import canal_pb2 as pb
 from esupdater.change import Change, Position
 
+DECODER = CanalDecoder()
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 POSITION = Position("canal_shop", 2, 41)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,7 +60,7 @@ json_values = st.recursive(
 def decodes_or_is_set_aside(value: bytes) -> None:
     outcome: list[Change] | CanalDecodeError
     try:
-        outcome = decode_record(value, POSITION)
+        outcome = DECODER.decode(value, POSITION)
     except CanalDecodeError as exc:
         outcome = exc
     if isinstance(outcome, CanalDecodeError):
@@ -204,4 +205,4 @@ def test_a_composite_key_that_is_not_a_string_is_set_aside() -> None:
     })
 
     with pytest.raises(CanalDecodeError, match="column 'a': value must be a string or null"):
-        decode_record(record, POSITION)
+        DECODER.decode(record, POSITION)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esupdater.canal import decode_record, flat_message
+from esupdater.canal import CanalDecoder, flat_message
 from esupdater.change import PK_ESCAPE, PK_SEPARATOR, Position, join_pk, split_pk
 
+DECODER = CanalDecoder()
 TWO = ("order_id", "line")
 
 
@@ -70,7 +71,7 @@ def test_a_decoded_composite_key_and_its_previous_key_are_escaped() -> None:
         old=[{"line": "1:x"}], pk_names=TWO, mysql_types=types,
     )
 
-    [change] = decode_record(record, Position("canal", 0, 1))
+    [change] = DECODER.decode(record, Position("canal", 0, 1))
 
     assert (change.pk, change.old_pk) == ("A\\:1:2", "A\\:1:1\\:x")
     assert split_pk(change.pk, 2) == ("A:1", "2")

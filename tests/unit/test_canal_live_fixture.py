@@ -16,10 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from esupdater.canal import CanalDecoder
 from esupdater.canal import canal_pb2 as pb
-from esupdater.canal import decode_record
 from esupdater.change import Change, Position
 
+DECODER = CanalDecoder()
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TABLE = "canal_fixture"
 
@@ -45,7 +46,7 @@ def records(form: str) -> list[bytes]:
 def decoded(form: str) -> list[Change]:
     topic = "canal_shop_pb" if form == "protobuf" else "canal_shop"
     return [change for offset, value in enumerate(records(form))
-            for change in decode_record(value, Position(topic, 0, offset))]
+            for change in DECODER.decode(value, Position(topic, 0, offset))]
 
 
 def row_changes(form: str) -> list[Change]:
@@ -87,7 +88,7 @@ def test_a_delete_carries_the_row_as_it_was() -> None:
 
 
 def test_the_create_table_record_is_one_ddl_change() -> None:
-    (create,) = decode_record(records("protobuf")[0], Position("canal_shop_pb", 0, 0))
+    (create,) = DECODER.decode(records("protobuf")[0], Position("canal_shop_pb", 0, 0))
     assert (create.type, create.database, create.table, create.is_ddl) == (
         "CREATE", "shop", TABLE, True)
     assert create.sql.startswith(f"CREATE TABLE {TABLE} (")
@@ -122,7 +123,7 @@ def test_the_transaction_end_entry_is_there_and_yields_no_change() -> None:
     # MariaDB has no BEGIN query event in a row-based transaction: Canal sends only the end.
     assert [e.entryType for e in entries].count(pb.TRANSACTIONEND) == 1
     assert pb.TRANSACTIONBEGIN not in [e.entryType for e in entries]
-    changes = decode_record(records("protobuf")[1], Position("canal_shop_pb", 0, 1))
+    changes = DECODER.decode(records("protobuf")[1], Position("canal_shop_pb", 0, 1))
     assert len(changes) == 5  # five rows; nothing for the statement texts or the end
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from esupdater.canal import canal_pb2 as pb
 from esupdater.canal import (
-    decode_record,
+    CanalDecoder,
     protobuf_heartbeat_entry,
     protobuf_message,
     protobuf_packet,
     protobuf_row_entry,
     protobuf_transaction_entry,
 )
+from esupdater.canal import canal_pb2 as pb
 from esupdater.change import Position
 
+DECODER = CanalDecoder()
 POSITION = Position("canal", 1, 99)
 TYPES = {"id": "int(11)", "name": "varchar(32)"}
 ROW = {"id": "5", "name": "eve"}
@@ -63,7 +64,7 @@ def canal_update_entry() -> pb.Entry:
 
 
 def test_an_entry_built_like_canal_decodes() -> None:
-    [change] = decode_record(canal_packet(canal_update_entry()), POSITION)
+    [change] = DECODER.decode(canal_packet(canal_update_entry()), POSITION)
 
     assert (change.database, change.table, change.type) == ("shop", "users", "UPDATE")
     assert change.row == {"id": 5, "name": "eve"}
@@ -73,7 +74,7 @@ def test_an_entry_built_like_canal_decodes() -> None:
 
 
 def test_a_packet_without_version_as_in_canals_raw_mode_decodes() -> None:
-    assert len(decode_record(canal_packet(canal_update_entry(), version=None), POSITION)) == 1
+    assert len(DECODER.decode(canal_packet(canal_update_entry(), version=None), POSITION)) == 1
 
 
 def test_the_builder_writes_canals_raw_mode_packet_bytes() -> None:
@@ -96,7 +97,7 @@ def test_the_builder_encodes_columns_as_the_generated_classes_do() -> None:
 
 
 def test_insert_columns_flagged_updated_do_not_make_old_values() -> None:
-    [change] = decode_record(
+    [change] = DECODER.decode(
         protobuf_message("shop", "users", "INSERT", [ROW], mysql_types=TYPES), POSITION
     )
 
@@ -107,7 +108,7 @@ def test_insert_columns_flagged_updated_do_not_make_old_values() -> None:
 def test_transaction_begin_and_end_entries_are_skipped() -> None:
     value = protobuf_message("shop", "users", "INSERT", [ROW], mysql_types=TYPES, transaction=True)
 
-    assert [c.row for c in decode_record(value, POSITION)] == [{"id": 5, "name": "eve"}]
+    assert [c.row for c in DECODER.decode(value, POSITION)] == [{"id": 5, "name": "eve"}]
 
 
 def test_a_batch_of_only_transaction_entries_gives_nothing() -> None:
@@ -115,17 +116,17 @@ def test_a_batch_of_only_transaction_entries_gives_nothing() -> None:
         [protobuf_transaction_entry("begin"), protobuf_transaction_entry("end")]
     )
 
-    assert decode_record(value, POSITION) == []
+    assert DECODER.decode(value, POSITION) == []
 
 
 def test_heartbeat_entries_are_skipped() -> None:
-    assert decode_record(protobuf_packet([protobuf_heartbeat_entry()]), POSITION) == []
+    assert DECODER.decode(protobuf_packet([protobuf_heartbeat_entry()]), POSITION) == []
 
 
 def test_gtid_entries_are_skipped() -> None:
     entry = pb.Entry(header=pb.Header(eventType=pb.GTID), entryType=pb.GTIDLOG)
 
-    assert decode_record(canal_packet(entry), POSITION) == []
+    assert DECODER.decode(canal_packet(entry), POSITION) == []
 
 
 def test_a_batch_of_entries_gives_rows_of_all_tables_numbered_through_the_record() -> None:
@@ -138,7 +139,7 @@ def test_a_batch_of_entries_gives_rows_of_all_tables_numbered_through_the_record
         ]
     )
 
-    changes = decode_record(value, POSITION)
+    changes = DECODER.decode(value, POSITION)
 
     assert [(c.table, c.type, c.row_index) for c in changes] == [
         ("users", "INSERT", 0),
@@ -151,7 +152,7 @@ def test_an_entry_without_entry_type_is_row_data_as_in_canals_proto2() -> None:
     entry = canal_update_entry()
     entry.ClearField("entryType")
 
-    assert len(decode_record(canal_packet(entry), POSITION)) == 1
+    assert len(DECODER.decode(canal_packet(entry), POSITION)) == 1
 
 
 def test_the_header_event_type_is_used_when_the_row_change_has_none() -> None:
@@ -160,7 +161,7 @@ def test_the_header_event_type_is_used_when_the_row_change_has_none() -> None:
     change.ClearField("eventType")
     entry.storeValue = change.SerializeToString()
 
-    assert decode_record(canal_packet(entry), POSITION)[0].type == "UPDATE"
+    assert DECODER.decode(canal_packet(entry), POSITION)[0].type == "UPDATE"
 
 
 def test_ddl_entries_use_the_header_names() -> None:
@@ -169,7 +170,7 @@ def test_ddl_entries_use_the_header_names() -> None:
     header = pb.Header(schemaName="shop", tableName="users", eventType=pb.TRUNCATE)
     entry = pb.Entry(header=header, entryType=pb.ROWDATA, storeValue=change.SerializeToString())
 
-    [ddl] = decode_record(canal_packet(entry), POSITION)
+    [ddl] = DECODER.decode(canal_packet(entry), POSITION)
 
     assert (ddl.database, ddl.table, ddl.type, ddl.sql, ddl.is_ddl) == (
         "shop", "users", "TRUNCATE", sql, True
@@ -182,4 +183,4 @@ def test_values_longer_than_a_one_byte_length_round_trip() -> None:
         "shop", "users", "INSERT", [{"id": "5", "name": long_name}], mysql_types=TYPES
     )
 
-    assert decode_record(value, POSITION)[0].row["name"] == long_name
+    assert DECODER.decode(value, POSITION)[0].row["name"] == long_name

@@ -7,17 +7,19 @@ from typing import Any
 
 import pytest
 
-from esupdater.canal import decode_record, flat_message
-from esupdater.canal.values import converter_for, labels
+from esupdater.canal import CanalDecoder, flat_message
+from esupdater.canal.values import converter_for
 from esupdater.change import Position
+from esupdater.mysql_types import labels
 
+DECODER = CanalDecoder()
 POSITION = Position("canal", 0, 1)
 
 
 def typed(mysql_type: str, value: str, **options: Any) -> Any:
     """Decodes one value the way a handler sees it: through a flat record."""
     record = flat_message("db", "t", "INSERT", [{"v": value}], mysql_types={"v": mysql_type})
-    return decode_record(record, POSITION, **options)[0].row["v"]
+    return CanalDecoder(**options).decode(record, POSITION)[0].row["v"]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +172,7 @@ def test_the_old_value_of_a_binary_column_is_padded_too() -> None:
     record = flat_message("db", "t", "UPDATE", [{"id": "1", "b": "\x02"}], old=[{"b": ""}],
                           mysql_types={"id": "int(11)", "b": "binary(3)"})
 
-    [change] = decode_record(record, POSITION)
+    [change] = DECODER.decode(record, POSITION)
 
     assert (change.row["b"], change.old) == ("\x02\x00\x00", {"b": "\x00\x00\x00"})
     assert change.raw["b"] == "\x02"  # raw keeps Canal's string

@@ -8,8 +8,14 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from esupdater.backoff import Backoff
-from esupdater.consumer import CANCEL_TIMEOUT, Pipeline, rebalance_timeout_ms
+from esupdater.consume_loop import CANCEL_TIMEOUT, ConsumeLoop, rebalance_timeout_ms
+from esupdater.decoding import make_decoder
+from esupdater.dispatch import KeyedDispatcher
+from esupdater.feeding import Feeder
+from esupdater.offsets import OffsetTracker
+from esupdater.pauses import PartitionPauses
 from esupdater.routing import Registry
+from esupdater.settings import SourceSettings
 from esupdater.stats import Stats
 
 
@@ -23,11 +29,16 @@ class InstantConsumer:
         self.commits += 1
 
 
-def _pipeline(consumer: Any) -> Pipeline:
-    pipeline = Pipeline(
-        consumer, ["t"], Registry(), runner=None, set_aside=None, stats=Stats(),  # type: ignore[arg-type]
-        max_workers=1, commit_interval=0, drain_timeout=1.0, backoff=Backoff.from_ms(1, 1),
+def _pipeline(consumer: Any) -> ConsumeLoop:
+    stats = Stats()
+    pauses = PartitionPauses(consumer)
+    feeder = Feeder(
+        make_decoder(SourceSettings()), Registry(), None, None, stats,  # type: ignore[arg-type]
+        dispatcher=KeyedDispatcher(1), offsets=OffsetTracker(),
+        backoff=Backoff.from_ms(1, 1), gate=pauses,
     )
+    pipeline = ConsumeLoop(consumer, ["t"], feeder, pauses, stats,
+                           commit_interval=0, drain_timeout=1.0)
     tp = TopicPartition("t", 0)
     pipeline.offsets.track(tp, 0, 1)
     pipeline.offsets.row_done(tp, 0)

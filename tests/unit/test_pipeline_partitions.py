@@ -18,8 +18,14 @@ from aiokafka import TopicPartition
 from esupdater.backoff import Backoff
 from esupdater.canal.build import flat_message
 from esupdater.change import Change
-from esupdater.consumer import Pipeline
+from esupdater.consume_loop import ConsumeLoop
+from esupdater.decoding import make_decoder
+from esupdater.dispatch import KeyedDispatcher
+from esupdater.feeding import Feeder
+from esupdater.offsets import OffsetTracker
+from esupdater.pauses import PartitionPauses
 from esupdater.routing import Registry, Route
+from esupdater.settings import SourceSettings
 from esupdater.stats import Stats
 
 TP = TopicPartition("binlog", 0)
@@ -82,13 +88,18 @@ def _registry() -> Registry:
     return registry
 
 
-def _pipeline(consumer: FakeConsumer, runner: RecordingRunner, *, max_workers: int) -> Pipeline:
-    return Pipeline(
-        consumer, ["binlog"], _registry(), runner=runner,  # type: ignore[arg-type]
-        set_aside=None, stats=Stats(),  # type: ignore[arg-type]
-        max_workers=max_workers, commit_interval=3600, drain_timeout=1.0,
-        backoff=Backoff.from_ms(1, 5),
+def _pipeline(consumer: FakeConsumer, runner: RecordingRunner, *, max_workers: int) -> ConsumeLoop:
+    """The consume loop over a fake consumer; the feeder and pauses as the service builds them."""
+    stats = Stats()
+    pauses = PartitionPauses(consumer)
+    feeder = Feeder(
+        make_decoder(SourceSettings()), _registry(), runner,  # type: ignore[arg-type]
+        None, stats,  # type: ignore[arg-type]
+        dispatcher=KeyedDispatcher(max_workers), offsets=OffsetTracker(),
+        backoff=Backoff.from_ms(1, 5), gate=pauses,
     )
+    return ConsumeLoop(consumer, ["binlog"], feeder, pauses, stats,  # type: ignore[arg-type]
+                       commit_interval=3600, drain_timeout=1.0)
 
 
 def record(offset: int, ids: Sequence[int], type: str = "INSERT") -> Any:
@@ -254,7 +265,7 @@ async def test_lag_starts_from_the_groups_committed_offset_before_anything_is_fe
 async def test_a_partition_whose_head_is_stuck_is_paused_and_resumed_once_it_moves() -> None:
     consumer, runner = FakeConsumer(), RecordingRunner()
     pipeline = _pipeline(consumer, runner, max_workers=4)
-    pipeline.max_held_back = 50
+    pipeline.pauses.max_held_back = 50
     await pipeline.on_assigned({TP})
     runner.gates["1"] = gate = asyncio.Event()
     # Records routed nowhere take no slot: only the tracker holds them back behind the head.

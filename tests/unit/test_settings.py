@@ -47,10 +47,12 @@ def test_defaults_without_a_settings_file() -> None:
     assert s.kafka.sasl_password is None
     assert s.elasticsearch.hosts == ["http://127.0.0.1:9200"]
     assert s.elasticsearch.request_timeout == 30.0
-    assert s.worker.max_workers == 256
-    assert s.worker.tinyint1_as_bool is False
+    assert s.dispatch.max_rows_in_flight == 256
+    assert s.source.tinyint1_as_bool is False
+    assert s.source.format == "canal"
     assert (s.bulk.chunk_size, s.bulk.max_chunk_bytes) == (500, 10 * 1024 * 1024)
-    assert (s.bulk.flush_interval_ms, s.bulk.max_in_flight, s.bulk.max_retries) == (50, 2, 8)
+    assert (s.bulk.flush_interval_ms, s.bulk.max_requests_in_flight, s.bulk.max_retries) == (
+        50, 2, 8)
     assert s.runtime.dir == Path("runtime")
     assert s.runtime.check_status_interval_seconds == 1.0
     assert (s.runtime.stop_timeout_seconds, s.runtime.drain_timeout_seconds) == (30, 20)
@@ -68,11 +70,12 @@ def test_settings_toml_in_working_directory_is_read(isolated: Path) -> None:
 def test_explicit_file_overrides_defaults_and_keeps_the_rest(isolated: Path) -> None:
     path = write(
         isolated / "custom.toml",
-        '[kafka]\ntopics = ["a", "b"]\n[worker]\nmax_workers = 8\n[dead_letter]\ntopic = "dlq"\n',
+        '[kafka]\ntopics = ["a", "b"]\n[dispatch]\nmax_rows_in_flight = 8\n'
+        '[dead_letter]\ntopic = "dlq"\n',
     )
     s = load_settings(path)
     assert s.kafka.topics == ["a", "b"]
-    assert s.worker.max_workers == 8
+    assert s.dispatch.max_rows_in_flight == 8
     assert s.dead_letter.topic == "dlq"
     assert s.kafka.group_id == "esupdater"
 
@@ -125,10 +128,11 @@ def test_unknown_key_from_env_names_the_variable(monkeypatch: pytest.MonkeyPatch
 
 
 def test_invalid_value_gives_file_key_and_reason(isolated: Path) -> None:
-    path = write(isolated / "s.toml", "[worker]\nmax_workers = 0\n")
+    path = write(isolated / "s.toml", "[dispatch]\nmax_rows_in_flight = 0\n")
     with pytest.raises(SettingsError) as err:
         load_settings(path)
-    assert str(err.value).startswith(f"{path}: worker.max_workers: Input should be greater than")
+    assert str(err.value).startswith(
+        f"{path}: dispatch.max_rows_in_flight: Input should be greater than")
     assert "(got 0)" in str(err.value)
 
 
@@ -139,14 +143,15 @@ def test_invalid_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_each_problem_is_one_line(isolated: Path) -> None:
-    path = write(isolated / "s.toml", "[bulk]\nchunk_size = -1\nmax_in_flight = 'two'\nx = 1\n")
+    path = write(isolated / "s.toml",
+                 "[bulk]\nchunk_size = -1\nmax_requests_in_flight = 'two'\nx = 1\n")
     with pytest.raises(SettingsError) as err:
         load_settings(path)
     lines = str(err.value).splitlines()
     assert len(lines) == 3
     assert {line.split(": ")[1] for line in lines} == {
         "bulk.chunk_size",
-        "bulk.max_in_flight",
+        "bulk.max_requests_in_flight",
         "bulk.x",
     }
 

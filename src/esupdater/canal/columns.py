@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from esupdater.canal import canal_pb2 as pb
-from esupdater.canal.values import base_type
+from esupdater.mysql_types import base_type
 
 #: One row: column name -> Canal's string of the value, None for NULL.
 Row = Mapping[str, str | None]

@@ -1,10 +1,12 @@
-"""The decoder's entry point: which Canal form a Kafka record is in, decided per record."""
+"""The Canal decoder: which of Canal's two forms a Kafka record is in, decided per record."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.canal.flat import decode_flat
-from esupdater.canal.proto import decode_protobuf
 from esupdater.change import Change, Position
 
 #: First bytes of a JSON document after optional whitespace. A Canal Packet starts with a
@@ -13,28 +15,53 @@ _JSON_STARTS = frozenset(b"{[")
 _JSON_WHITESPACE = b" \t\r\n"
 
 
-def decode_record(
-    value: bytes | None, position: Position, *, tinyint1_as_bool: bool = False
-) -> list[Change]:
-    """Split one Kafka record from Canal into typed row Changes.
+class CanalDecoder:
+    """Canal's Kafka records, flat JSON (flatMessage=true) or protobuf (flatMessage=false).
 
-    Flat JSON (flatMessage=true) and protobuf (flatMessage=false) are both accepted, so a
-    topic can be switched between them. Returns [] for records with no rows (transaction
-    begin/end, heartbeats); raises CanalDecodeError for anything that is not Canal.
-
-    Any other exception is a decoder bug that this record triggers: it too becomes a
-    CanalDecodeError, so the record is set aside and the other records go on.
+    Both forms are accepted, decided per record, so a topic can be switched between them.
+    `tinyint1_as_bool` (setting `source.tinyint1_as_bool`) makes `tinyint(1)` columns bools.
     """
-    try:
-        return _decode(value, position, tinyint1_as_bool)
-    except CanalDecodeError:
-        raise
-    except Exception as exc:  # the last line: one record is set aside, not the service
-        raise CanalDecodeError(
-            position,
-            f"the decoder failed on this record ({type(exc).__name__}: {exc}); the record is "
-            "set aside: please report it with the record's bytes",
-        ) from exc
+
+    __slots__ = ("tinyint1_as_bool",)
+
+    def __init__(self, *, tinyint1_as_bool: bool = False) -> None:
+        self.tinyint1_as_bool = tinyint1_as_bool
+        # The service's decoder loads protobuf now rather than on its first protobuf record;
+        # `import esupdater` alone never does.
+        _protobuf_decoder()
+
+    def decode(self, value: bytes | None, position: Position) -> list[Change]:
+        """Split one Kafka record from Canal into typed row Changes.
+
+        Returns [] for records with no rows (transaction begin/end, heartbeats); raises
+        CanalDecodeError (a DecodeError) for anything that is not Canal.
+
+        Any other exception is a decoder bug that this record triggers: it too becomes a
+        CanalDecodeError, so the record is set aside and the other records go on.
+        """
+        try:
+            return _decode(value, position, self.tinyint1_as_bool)
+        except CanalDecodeError:
+            raise
+        except Exception as exc:  # the last line: one record is set aside, not the service
+            raise CanalDecodeError(
+                position,
+                f"the decoder failed on this record ({type(exc).__name__}: {exc}); the record "
+                "is set aside: please report it with the record's bytes",
+            ) from exc
+
+
+def decode_protobuf(value: bytes, position: Position, tinyint1_as_bool: bool) -> list[Change]:
+    """The protobuf form; protobuf and the generated classes load on the first call."""
+    return _protobuf_decoder()(value, position, tinyint1_as_bool)
+
+
+@functools.cache
+def _protobuf_decoder() -> Callable[[bytes, Position, bool], list[Change]]:
+    # An import statement per record would cost more than this cached call.
+    from esupdater.canal.proto import decode_protobuf as decode
+
+    return decode
 
 
 def _decode(value: bytes | None, position: Position, tinyint1_as_bool: bool) -> list[Change]:

@@ -1,19 +1,13 @@
-"""The one error the Canal decoder raises for bad input, so callers can dead-letter it."""
+"""The error the Canal decoder raises for bad input: a DecodeError, so callers need no Canal."""
 
 from __future__ import annotations
 
-from esupdater.change import Position
-from esupdater.errors import EsupdaterError
+from esupdater.errors import DecodeError
 
 
-class CanalDecodeError(EsupdaterError, ValueError):
+class CanalDecodeError(DecodeError):
     """A Kafka record that is not a Canal message we can decode.
 
-    The message names the record (`topic/partition@offset`) and what was wrong, so the
-    dead-letter entry alone tells an operator where to look.
+    Its class name goes into the dead letter's `esupdater.error_class` header, which says
+    which format refused the record.
     """
-
-    def __init__(self, position: Position, reason: str) -> None:
-        super().__init__(f"{position}: {reason}")
-        self.position = position
-        self.reason = reason

@@ -1,4 +1,4 @@
-"""What both Canal forms share: which event types are DDL, which carry nothing, and time."""
+"""What both Canal forms share: which event types carry nothing, statement texts, and time."""
 
 from __future__ import annotations
 
@@ -6,11 +6,6 @@ from datetime import UTC, datetime
 
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.change import Change, Position
-
-#: Canal event types that carry one statement instead of rows.
-DDL_TYPES = frozenset(
-    {"CREATE", "ALTER", "ERASE", "QUERY", "TRUNCATE", "RENAME", "CINDEX", "DINDEX"}
-)
 
 #: Canal event types with nothing for a handler: GTID markers, XA ends, master heartbeats.
 SKIPPED_TYPES = frozenset({"GTID", "XACOMMIT", "XAROLLBACK", "MHEARTBEAT"})

@@ -15,14 +15,14 @@ from google.protobuf.message import DecodeError, Message
 from esupdater.canal import canal_pb2 as pb
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.canal.events import (
-    DDL_TYPES,
     SKIPPED_TYPES,
     ddl_change,
     executed_at,
     is_statement_annotation,
 )
-from esupdater.canal.values import Converter, RowTyper, converter_for
-from esupdater.change import ROW_TYPES, Change, Position, previous_pk
+from esupdater.canal.values import RowTyper, converter_for
+from esupdater.change import DDL_TYPES, ROW_TYPES, Change, Position, previous_pk
+from esupdater.mysql_types import Converter
 
 _M = TypeVar("_M", bound=Message)
 

@@ -1,25 +1,22 @@
-"""The consume loop: Kafka records -> Canal rows -> the ordered pool -> commits after acks."""
+"""The consume loop: fetch from Kafka, hand records to the feeder, commit what is done,
+and give partitions up cleanly on a rebalance. Decoding, routing and dispatch are the
+feeder's (feeding.py); which partitions are paused is `PartitionPauses`' (pauses.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from esupdater.backoff import Backoff
-from esupdater.canal import CanalDecodeError, decode_record
-from esupdater.change import Change, Position
-from esupdater.deadletter import Failure, SetAside
 from esupdater.dispatch import KeyedDispatcher
-from esupdater.handling import HandlerRunner, error_class
-from esupdater.offsets import OffsetTracker, PartitionOffsets
-from esupdater.routing import Registry, Route
+from esupdater.feeding import Feeder
+from esupdater.offsets import OffsetTracker
+from esupdater.pauses import PartitionPauses
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -30,9 +27,6 @@ FETCH_TIMEOUT_MS = 200
 CANCEL_TIMEOUT = 5.0
 #: Seconds a commit may take at least (it is bounded by the drain timeout otherwise).
 MIN_COMMIT_TIMEOUT = 5.0
-#: Records of one partition held back behind an unfinished one before fetching it pauses.
-#: Each costs about 150 bytes of bookkeeping; a head stuck for hours must not grow memory.
-MAX_HELD_BACK_RECORDS = 20_000
 
 
 def rebalance_timeout_ms(drain_timeout: float) -> int:
@@ -44,52 +38,56 @@ def rebalance_timeout_ms(drain_timeout: float) -> int:
     return int((drain_timeout + CANCEL_TIMEOUT + commit_timeout + 10.0) * 1000)
 
 
-class Pipeline:
-    """Feeds fetched records through the dispatcher and commits what is fully done.
+class KafkaConsumer(Protocol):
+    """The part of aiokafka's consumer the loop uses (a fake stands in for it in tests)."""
 
-    An offset is committed only when every row of that record and of every earlier record
-    of its partition has been acknowledged by Elasticsearch or set aside.
-    """
+    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None: ...
+
+    async def getmany(self, *, timeout_ms: int) -> dict[TopicPartition, list[Any]]: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+    def highwater(self, tp: TopicPartition) -> int | None: ...
+
+    def pause(self, *partitions: TopicPartition) -> None: ...
+
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+
+class ConsumeLoop:
+    """Fetches, feeds and commits: an offset is committed only when every row of that record
+    and of every earlier record of its partition has been acknowledged or set aside."""
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: KafkaConsumer,
         topics: list[str],
-        registry: Registry,
-        runner: HandlerRunner,
-        set_aside: SetAside,
+        feeder: Feeder,
+        pauses: PartitionPauses,
         stats: Stats,
         *,
-        max_workers: int,
         commit_interval: float,
         drain_timeout: float,
-        backoff: Backoff,
-        tinyint1_as_bool: bool = False,
     ) -> None:
         self.consumer = consumer
         self.topics = topics
-        self.registry = registry
-        self.runner = runner
-        self.set_aside = set_aside
+        self.feeder = feeder
+        self.pauses = pauses
         self.stats = stats
-        self.dispatcher = KeyedDispatcher(max_workers)
-        self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.dispatcher: KeyedDispatcher = feeder.dispatcher
+        self.offsets: OffsetTracker[TopicPartition] = feeder.offsets
         self.commit_interval = commit_interval
         self.drain_timeout = drain_timeout
         # aiokafka retries a commit while the broker is away; we would rather retry later.
         self.commit_timeout = max(drain_timeout, MIN_COMMIT_TIMEOUT)
-        self.tinyint1_as_bool = tinyint1_as_bool
         self._assigned: set[TopicPartition] = set()
         # Bumped at every revocation and assignment: a batch fetched, or a submit begun,
         # under an older generation belongs to an earlier owner and is dropped.
         self._generation: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        self._held: dict[TopicPartition, int] = {}  # blocked rows per partition
-        self._backlogged: set[TopicPartition] = set()  # too many records held back
-        self._paused: set[TopicPartition] = set()
-        self.max_held_back = MAX_HELD_BACK_RECORDS
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self.backoff = backoff
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -146,167 +144,16 @@ class Pipeline:
         fetched_in = {tp: self._generation.get(tp) for tp in batch}
         for tp, records in batch.items():
             generation = fetched_in[tp]
+            admit = partial(self._current, tp, generation)
             for record in records:
-                if self._generation.get(tp) != generation or tp not in self._assigned:
+                if not admit():
                     break  # revoked while we were feeding: the next owner replays it
-                if not await self._feed(tp, record, generation):
+                if not await self.feeder.feed(tp, record.offset, record.value, admit):
                     break
+                self.pauses.check_backlog(tp, self.offsets.partition(tp).pending)
 
     def _current(self, tp: TopicPartition, generation: int | None) -> bool:
         return self._generation.get(tp) == generation and tp in self._assigned
-
-    async def _feed(self, tp: TopicPartition, record: Any, generation: int | None) -> bool:
-        """Decode, route and submit one record; False if its partition was revoked meanwhile
-        (the rows not yet submitted are dropped, so the record is never committed here)."""
-        last = self.offsets.partition(tp).last_tracked
-        if last is not None and record.offset <= last:
-            log.warning("%s/%d@%d fetched again after %d: dropped (already tracked)",
-                        tp.topic, tp.partition, record.offset, last)
-            return True
-        self.stats.records += 1
-        position = Position(tp.topic, tp.partition, record.offset)
-        value: bytes | None = record.value
-        admit = partial(self._current, tp, generation)
-        try:
-            changes = decode_record(value, position, tinyint1_as_bool=self.tinyint1_as_bool)
-        except CanalDecodeError as exc:
-            self.stats.decode_errors += 1
-            failure = Failure(position, exc.reason, error_class(exc))
-            partition = self.offsets.track(tp, record.offset, 1)
-            self._check_backlog(tp, partition)
-            submitted = await self.dispatcher.submit(
-                ("", "", str(position)),
-                partial(self._observed, partition, position, None,
-                        partial(self._undecodable, failure, value)),
-                group=tp, admit=admit,
-            )
-            return submitted is not None
-        routed: list[tuple[Change, tuple[Route, ...]]] = []
-        for change in changes:
-            routes = self.registry.handlers_for(change.database, change.table, change.type)
-            if routes:
-                routed.append((change, routes))
-            else:
-                self.stats.unrouted += 1
-        if not routed:
-            self.stats.skipped_records += 1
-        partition = self.offsets.track(tp, record.offset, len(routed))
-        self._check_backlog(tp, partition)
-        self.stats.rows += len(routed)
-        for change, routes in routed:
-            job = partial(self._observed, partition, change.position, change,
-                          partial(self.runner.run, change, routes, value))
-            if change.is_ddl:
-                # A barrier: after every earlier change of its table, before every later one.
-                submitted = await self.dispatcher.submit(
-                    change.key, job, group=tp, barrier=(change.database, change.table),
-                    admit=admit,
-                )
-            else:
-                # A new primary key: the job also comes after (and before) the old key's jobs.
-                submitted = await self.dispatcher.submit(
-                    change.key, job, group=tp, after=change.old_key, admit=admit,
-                )
-            if submitted is None:
-                return False
-        return True
-
-    async def _observed(
-        self,
-        partition: PartitionOffsets,
-        position: Position,
-        change: Change | None,
-        work: Callable[[], Awaitable[None]],
-    ) -> None:
-        """Run one row's work; whatever escapes it is logged, counted and retried, never lost.
-
-        The runner already retries handler failures and sets rows aside; what reaches here
-        is a failure of that machinery itself (a set-aside that raised, a CancelledError
-        raised by a library rather than by a cancel of this job). The row's offset is not
-        committed until it succeeds.
-        """
-        if partition.detached:
-            return  # its partition was revoked before the row started: the next owner's
-        attempt = 0
-        while True:
-            try:
-                await work()
-                break
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise  # a real cancel: revocation or stop
-                exc: BaseException = asyncio.CancelledError("raised inside the job")
-            except Exception as error:  # noqa: BLE001 - every outcome must be observed
-                exc = error
-            self.stats.job_errors += 1
-            delay = self.backoff.delay(attempt)
-            attempt += 1
-            where = str(position) if change is None else f"{position} row {change.row_index}"
-            log.error("%s: %s: %s escaped the handlers' failure handling; retrying in "
-                      "%.1fs (attempt %d), the offset stays uncommitted", where,
-                      type(exc).__name__, exc, delay, attempt, exc_info=exc)
-            await asyncio.sleep(delay)
-        partition.row_done(position.offset)
-        if change is not None:
-            self.stats.rows_done += 1
-
-    async def _undecodable(self, failure: Failure, value: bytes | None) -> None:
-        """Set a record aside that is not Canal; in block mode hold its partition for good."""
-        if not self.set_aside.blocks:
-            await self.set_aside.put(value, failure)
-            return
-        self.hold(failure.position)
-        attempt = 0
-        while True:  # until a restart with a dead-letter topic or on_failure = "skip"
-            log.error("BLOCKED %s: partition held; set [dead_letter] topic or "
-                      'on_failure = "skip" and restart', failure.describe())
-            await asyncio.sleep(self.backoff.delay(attempt))
-            attempt += 1
-
-    # -- holding partitions (block mode) -----------------------------------------------------
-
-    def hold(self, position: Position) -> None:
-        """Stop fetching a partition whose row is blocked; its commit cannot pass it anyway."""
-        tp = TopicPartition(position.topic, position.partition)
-        self._held[tp] = self._held.get(tp, 0) + 1
-        self._update_pause(tp, "a row is blocked")
-
-    def release(self, position: Position) -> None:
-        tp = TopicPartition(position.topic, position.partition)
-        left = self._held.get(tp, 0) - 1
-        if left > 0:
-            self._held[tp] = left
-            return
-        self._held.pop(tp, None)
-        self._update_pause(tp, "")
-
-    def _check_backlog(self, tp: TopicPartition, partition: PartitionOffsets) -> None:
-        """Pause a partition whose commit point is stuck behind too many done records."""
-        if partition.pending > self.max_held_back and tp not in self._backlogged:
-            self._backlogged.add(tp)
-            self._update_pause(tp, f"{partition.pending} records wait behind an unfinished one")
-
-    def _relieve_backlogs(self) -> None:
-        """Resume backlogged partitions once their commit point has moved well forward."""
-        for tp in list(self._backlogged):
-            if self.offsets.partition(tp).pending <= self.max_held_back // 2:
-                self._backlogged.discard(tp)
-                self._update_pause(tp, "")
-
-    def _update_pause(self, tp: TopicPartition, why: str) -> None:
-        """Pause while the partition is held or backlogged; resume when neither is left."""
-        should = tp in self._held or tp in self._backlogged
-        if tp not in self._assigned or should == (tp in self._paused):
-            return
-        if should:
-            self._paused.add(tp)
-            self.consumer.pause(tp)
-            log.warning("paused %s/%d: %s", tp.topic, tp.partition, why)
-        else:
-            self._paused.discard(tp)
-            self.consumer.resume(tp)
-            log.info("resumed %s/%d", tp.topic, tp.partition)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -331,7 +178,8 @@ class Pipeline:
             self._commit_lock.release()
 
     async def _commit_locked(self, only: set[TopicPartition] | None) -> None:
-        self._relieve_backlogs()
+        for tp in self.pauses.backlogged:
+            self.pauses.relieve_backlog(tp, self.offsets.partition(tp).pending)
         offsets = self.offsets.commit_map()
         if only is not None:
             offsets = {tp: o for tp, o in offsets.items() if tp in only}
@@ -360,12 +208,13 @@ class Pipeline:
         for tp in revoked:  # feeding of these stops at its next step; none of it resumes
             self._generation[tp] = self._generation.get(tp, 0) + 1
         # A held partition is blocked for good: no point waiting for it.
-        draining = [tp for tp in revoked if tp not in self._held]
+        held = {tp for tp in revoked if self.pauses.is_held(tp)}
+        draining = [tp for tp in revoked if tp not in held]
         drained = await asyncio.gather(
             *(self.dispatcher.drain(tp, timeout=self.drain_timeout) for tp in draining)
         )
         unfinished = [tp for tp, done in zip(draining, drained, strict=True) if not done]
-        unfinished += [tp for tp in revoked if tp in self._held]
+        unfinished += sorted(held)
         for tp in unfinished:
             # The new owner replays them; cancel so we cannot write after it does.
             cancelled = self.dispatcher.cancel_group(tp)
@@ -377,10 +226,7 @@ class Pipeline:
         )
         await self.commit(only=revoked)
         self.offsets.forget(revoked)
-        for tp in revoked:
-            self._held.pop(tp, None)
-            self._backlogged.discard(tp)
-            self._paused.discard(tp)  # aiokafka forgets a revoked partition's pause
+        self.pauses.revoked(revoked)
         if revoked:
             log.info("partitions revoked: %s", _fmt_tps(revoked))
 
@@ -388,8 +234,7 @@ class Pipeline:
         self._assigned |= assigned
         for tp in assigned:
             self._generation[tp] = self._generation.get(tp, 0) + 1
-            self._paused.discard(tp)
-            self._update_pause(tp, "a row is still blocked")  # a rebalance resumes all
+        self.pauses.assigned(assigned)  # a rebalance resumes all: held ones pause again
         if assigned:
             task = asyncio.create_task(self._load_start(assigned), name="group-offsets")
             self._side_tasks.add(task)
@@ -425,14 +270,14 @@ class Pipeline:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, loop: ConsumeLoop) -> None:
+        self.loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.pipeline.on_revoked(set(revoked))
+        await self.loop.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.pipeline.on_assigned(set(assigned))
+        await self.loop.on_assigned(set(assigned))
 
 
 def _fmt(offsets: dict[TopicPartition, int]) -> str:

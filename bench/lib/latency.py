@@ -17,9 +17,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.dataset import encode, statements
-from bench.e2e import RunResult, Variant, run_esupdater
-from bench.stack import KAFKA, Stack
+from bench.lib.dataset import encode, statements
+from bench.lib.e2e import RunResult, Variant, run_esupdater
+from bench.lib.stack import Stack
+from tools.local_stack import KAFKA
 
 
 @dataclass

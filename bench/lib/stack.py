@@ -6,7 +6,6 @@ on the same Kafka and Elasticsearch at the same time.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,7 @@ from elasticsearch import AsyncElasticsearch
 
 from esupdater.clients import make_consumer
 from esupdater.settings import KafkaSettings
-
-KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
-ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
 #: The users index as search would want it; `strict` so a typing regression fails loudly.
 USERS_MAPPING: dict[str, Any] = {

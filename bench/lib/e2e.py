@@ -22,10 +22,11 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from bench.stack import ELASTICSEARCH, KAFKA, Stack, end_offsets
-from esupdater.runtime import write_status
+from bench.lib.stack import Stack, end_offsets
+from esupdater.runtime_dir import write_status
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.1
 
 

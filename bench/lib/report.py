@@ -1,4 +1,4 @@
-"""The benchmark's table (rich) and `bench/results.json`, targets marked met or missed."""
+"""The benchmark's table (rich) and `bench/results/results.json`, targets marked met or missed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.ceilings import Rate
-from bench.e2e import RunResult
-from bench.latency import Latency
+from bench.lib.ceilings import Rate
+from bench.lib.e2e import RunResult
+from bench.lib.latency import Latency
 
 #: The issue's targets (for the benchmark, not for tests).
 TARGET_CEILING_RATIO = 0.85

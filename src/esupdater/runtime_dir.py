@@ -1,8 +1,9 @@
 """The runtime directory: pidfile lock, status file and stats file (one instance per directory).
 
-The lifecycle is the seed tool's: `run` writes its pid and `start`, `stop` writes `stop` and
-waits for the process to go away. The pidfile is `flock`ed for the life of the process, so a
-held lock (not the pid number, which the kernel reuses) is what says "running".
+The lifecycle is that of the PHP tool esupdater replaces: `run` writes its pid and `start`,
+`stop` writes `stop` and waits for the process to go away. The pidfile is `flock`ed for the
+life of the process, so a held lock (not the pid number, which the kernel reuses) is what
+says "running".
 
 Nothing here writes through a symbolic link: the pidfile is opened with `O_NOFOLLOW` (a
 link there is refused, as someone else's file would be truncated), and the status and

@@ -11,7 +11,7 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("esupdater", "aiokafka", "elasticsearch", "elastic-transport", "aiohttp", "orjson",
             "uvloop", "pydantic")
 

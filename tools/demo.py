@@ -36,9 +36,8 @@ from rich.syntax import Syntax
 
 from esupdater.canal import flat_message
 from esupdater.testing import MemorySink, apply, changes_from_canal
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
-KAFKA = os.environ.get("ESUPDATER_TEST_KAFKA", "127.0.0.1:9092")
-ELASTICSEARCH = os.environ.get("ESUPDATER_TEST_ELASTICSEARCH", "http://127.0.0.1:9200")
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC, GROUP, PARTITIONS = "shop-binlog", "esupdater-demo", 4
 USERS_INDEX, ORDERS_INDEX = "shop-users", "shop-orders"  # as in handlers/shop.py
@@ -486,6 +485,5 @@ def verdict(
     return 0
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # the example handlers live in the repository's handlers/
+if __name__ == "__main__":  # python -m tools.demo, from the repository (handlers/ is there)
     sys.exit(asyncio.run(main()))

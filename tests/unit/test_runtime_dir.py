@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esupdater.errors import ConfigError
-from esupdater.runtime import (
+from esupdater.runtime_dir import (
     PID_FILE,
     STATS_FILE,
     STATUS_FILE,
@@ -33,7 +33,7 @@ from esupdater.runtime import (
 HOLDER = """
 import sys
 from pathlib import Path
-from esupdater.runtime import PidFile
+from esupdater.runtime_dir import PidFile
 with PidFile(Path(sys.argv[1])):
     print("ready", flush=True)
     sys.stdin.read()
@@ -43,7 +43,7 @@ with PidFile(Path(sys.argv[1])):
 OBEYS_STOP = """
 import sys, time
 from pathlib import Path
-from esupdater.runtime import PidFile, read_status, write_status
+from esupdater.runtime_dir import PidFile, read_status, write_status
 d = Path(sys.argv[1])
 with PidFile(d):
     write_status(d, "start")
@@ -148,7 +148,7 @@ def test_a_runtime_dir_writable_by_others_is_warned_about(
     runtime_dir = tmp_path / "shared"
     runtime_dir.mkdir()
     runtime_dir.chmod(0o777)
-    with caplog.at_level(logging.WARNING, logger="esupdater.runtime"), PidFile(runtime_dir):
+    with caplog.at_level(logging.WARNING, logger="esupdater.runtime_dir"), PidFile(runtime_dir):
         pass
     assert f"runtime dir {runtime_dir} is writable by other users" in caplog.text
 
@@ -194,7 +194,7 @@ def test_stale_pidfile_of_a_dead_pid_is_replaced_and_logged(
     stale = dead_pid()
     (tmp_path / PID_FILE).write_text(f"{stale}\n")
     assert read_running_pid(tmp_path) is None
-    with caplog.at_level(logging.WARNING, logger="esupdater.runtime"), PidFile(tmp_path):
+    with caplog.at_level(logging.WARNING, logger="esupdater.runtime_dir"), PidFile(tmp_path):
         assert (tmp_path / PID_FILE).read_text().strip() == str(os.getpid())
     assert f"stale pidfile {tmp_path / PID_FILE} of dead pid {stale}" in caplog.text
 

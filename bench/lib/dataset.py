@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from bench.stack import KAFKA
 from esupdater.canal import flat_message
+from tools.local_stack import KAFKA
 
 DATABASE, TABLE = "shop", "users"
 MYSQL_TYPES = {

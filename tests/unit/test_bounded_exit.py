@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from esupdater import main_loop
+from esupdater import bounded_exit
 
 STUBBORN = textwrap.dedent(
     """
     import asyncio, logging, sys
-    from esupdater import main_loop
+    from esupdater import bounded_exit
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
@@ -31,7 +31,7 @@ STUBBORN = textwrap.dedent(
         await asyncio.sleep(0.1)
         return "done"
 
-    print(main_loop.run(main(), leftover_timeout={timeout}))
+    print(bounded_exit.run(main(), leftover_timeout={timeout}))
     print("not reached")
     """
 )
@@ -66,7 +66,7 @@ def test_returns_the_result_and_cancels_leftover_tasks() -> None:
         assert not left_running.done()
         return 42
 
-    assert main_loop.run(main()) == 42
+    assert bounded_exit.run(main()) == 42
     assert cancelled == ["background"]
 
 
@@ -75,5 +75,5 @@ def test_an_exception_from_main_propagates() -> None:
         raise ValueError("bad settings")
 
     with pytest.raises(ValueError, match="bad settings"):
-        main_loop.run(main())
+        bounded_exit.run(main())
 

@@ -13,12 +13,12 @@ import time
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from elasticsearch import AsyncElasticsearch
 
-from bench.ceilings import Rate
-from bench.stack import ELASTICSEARCH, KAFKA
-from esupdater.canal import decode_record
+from bench.lib.ceilings import Rate
+from esupdater.canal import CanalDecoder
 from esupdater.change import Change, Position
 from esupdater.clients import make_consumer, make_elasticsearch
 from esupdater.settings import ElasticsearchSettings, KafkaSettings
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
 
 async def _handle(change: Change, es: AsyncElasticsearch, index: str) -> None:
@@ -38,13 +38,13 @@ async def seed_rate(
     await consumer.start()
     consumer.subscribe([topic])
     rows = records = 0
+    decoder = CanalDecoder()
     try:
         record = await consumer.getone()  # the group join is not part of the rate
         started = time.monotonic()
         while True:
-            changes = decode_record(
-                record.value, Position(record.topic, record.partition, record.offset),
-                tinyint1_as_bool=False,
+            changes = decoder.decode(
+                record.value, Position(record.topic, record.partition, record.offset)
             )
             for change in changes:
                 await _handle(change, es, index)

@@ -4,7 +4,7 @@ A: a bare aiokafka consumer (esupdater's fetch settings, no group, no decoding) 
    whole topic with getmany.
 B: the same documents as ready-made index/delete actions through
    `elasticsearch.helpers.async_streaming_bulk`, with esupdater's default chunking, as
-   `max_in_flight` concurrent streams split by (index, id) like the bulk writer's lanes.
+   `max_requests_in_flight` concurrent streams split by (index, id) like the bulk writer's lanes.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 from elasticsearch.helpers import async_streaming_bulk
 
-from bench.dataset import messages, statements
-from bench.stack import ELASTICSEARCH, KAFKA
-from esupdater.canal import decode_record
+from bench.lib.dataset import messages, statements
+from esupdater.canal import CanalDecoder
 from esupdater.change import Position
 from esupdater.clients import make_consumer, make_elasticsearch
 from esupdater.settings import BulkSettings, ElasticsearchSettings, KafkaSettings
+from tools.local_stack import ELASTICSEARCH, KAFKA
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,9 @@ def build_actions(index: str, rows: int, partitions: int) -> list[dict[str, Any]
     """The dataset's row changes as the actions the benchmark handler would queue."""
     actions: list[dict[str, Any]] = []
     source = messages(statements(rows, partitions=partitions), rows_per_message=10)
+    decoder = CanalDecoder()
     for offset, (partition, value, _) in enumerate(source):
-        for change in decode_record(value, Position("bench", partition, offset),
-                                    tinyint1_as_bool=False):
+        for change in decoder.decode(value, Position("bench", partition, offset)):
             if change.is_delete:
                 actions.append({"_op_type": "delete", "_index": index, "_id": change.pk})
             else:
@@ -74,9 +74,9 @@ def build_actions(index: str, rows: int, partitions: int) -> list[dict[str, Any]
 
 
 async def bulk_rate(actions: list[dict[str, Any]], *, orjson: bool = True) -> Rate:
-    """Ceiling B: the actions through `max_in_flight` concurrent async_streaming_bulk streams."""
+    """Ceiling B: the actions through `max_requests_in_flight` concurrent streaming bulks."""
     limits = BulkSettings()
-    lanes: list[list[dict[str, Any]]] = [[] for _ in range(limits.max_in_flight)]
+    lanes: list[list[dict[str, Any]]] = [[] for _ in range(limits.max_requests_in_flight)]
     for action in actions:
         lanes[hash((action["_index"], action["_id"])) % len(lanes)].append(action)
     es = make_elasticsearch(ElasticsearchSettings(hosts=[ELASTICSEARCH]), orjson=orjson)

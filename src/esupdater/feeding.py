@@ -1,0 +1,171 @@
+"""Decode, route, submit: one fetched record becomes ordered row jobs. Nothing here talks to
+Kafka; the consume loop hands records in and commits what `offsets` says is done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from aiokafka.structs import TopicPartition
+
+from esupdater.backoff import Backoff, retry
+from esupdater.change import Change, Position
+from esupdater.deadletter import Failure, PartitionGate, SetAside
+from esupdater.decoding import DecodeError, Decoder
+from esupdater.dispatch import KeyedDispatcher
+from esupdater.handling import HandlerRunner, error_class
+from esupdater.offsets import OffsetTracker, PartitionOffsets
+from esupdater.routing import Registry
+from esupdater.stats import Stats
+
+log = logging.getLogger(__name__)
+
+#: Asked again before each row that had to wait for a slot: False once the record's
+#: partition was revoked meanwhile.
+Admit = Callable[[], bool]
+
+
+class Feeder:
+    """Turns records into row jobs on the dispatcher, keyed for per-document order.
+
+    A row is keyed by (database, table, pk); a primary-key change is ordered after the old
+    key's jobs too; a DDL change is a barrier for its table. Every job's outcome is
+    observed: the runner retries and sets aside handler failures, and whatever escapes it
+    is logged, counted and retried here, so no row is ever silently left undone.
+    """
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        registry: Registry,
+        runner: HandlerRunner,
+        set_aside: SetAside,
+        stats: Stats,
+        *,
+        dispatcher: KeyedDispatcher,
+        offsets: OffsetTracker[TopicPartition],
+        backoff: Backoff,
+        gate: PartitionGate,
+    ) -> None:
+        self.decoder = decoder
+        self.registry = registry
+        self.runner = runner
+        self.set_aside = set_aside
+        self.stats = stats
+        self.dispatcher = dispatcher
+        self.offsets = offsets
+        self.backoff = backoff
+        self.gate = gate
+
+    async def feed(
+        self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit
+    ) -> bool:
+        """Submit one record's rows; False if its partition was revoked meanwhile (the rows
+        not yet submitted are dropped, so the record is never committed by this owner)."""
+        last = self.offsets.partition(tp).last_tracked
+        if last is not None and offset <= last:
+            log.warning("%s/%d@%d fetched again after %d: dropped (already tracked)",
+                        tp.topic, tp.partition, offset, last)
+            return True
+        self.stats.records += 1
+        position = Position(tp.topic, tp.partition, offset)
+        try:
+            changes = self.decoder.decode(value, position)
+        except DecodeError as exc:
+            return await self._submit_undecodable(tp, position, value, exc, admit)
+        routed = []
+        for change in changes:
+            routes = self.registry.handlers_for(change.database, change.table, change.type)
+            if routes:
+                routed.append((change, routes))
+            else:
+                self.stats.unrouted += 1
+        if not routed:
+            self.stats.skipped_records += 1
+        partition = self.offsets.track(tp, offset, len(routed))
+        self.stats.rows += len(routed)
+        for change, routes in routed:
+            job = partial(self._observed, partition, position, change,
+                          partial(self.runner.run, change, routes, value))
+            if change.is_ddl:
+                # A barrier: after every earlier change of its table, before every later one.
+                submitted = await self.dispatcher.submit(
+                    change.key, job, group=tp, barrier=(change.database, change.table),
+                    admit=admit,
+                )
+            else:
+                # A new primary key: the job also comes after (and before) the old key's jobs.
+                submitted = await self.dispatcher.submit(
+                    change.key, job, group=tp, after=change.old_key, admit=admit,
+                )
+            if submitted is None:
+                return False
+        return True
+
+    async def _submit_undecodable(
+        self,
+        tp: TopicPartition,
+        position: Position,
+        value: bytes | None,
+        exc: DecodeError,
+        admit: Admit,
+    ) -> bool:
+        self.stats.decode_errors += 1
+        failure = Failure(position, exc.reason, error_class(exc))
+        partition = self.offsets.track(tp, position.offset, 1)
+        give_up = partial(self.set_aside.give_up, value, failure, gate=self.gate)
+        submitted = await self.dispatcher.submit(
+            ("", "", str(position)), partial(self._observed, partition, position, None, give_up),
+            group=tp, admit=admit,
+        )
+        return submitted is not None
+
+    async def _observed(
+        self,
+        partition: PartitionOffsets,
+        position: Position,
+        change: Change | None,
+        work: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run one row's work; whatever escapes it is logged, counted and retried, never lost.
+
+        The runner already retries handler failures and sets rows aside; what reaches here
+        is a failure of that machinery itself (a set-aside that raised, a CancelledError
+        raised by a library rather than by a cancel of this job). The row's offset is not
+        committed until it succeeds.
+        """
+        if partition.detached:
+            return  # its partition was revoked before the row started: the next owner's
+        where = str(position) if change is None else f"{position} row {change.row_index}"
+
+        def report(exc: BaseException, attempt: int, delay: float) -> None:
+            self.stats.job_errors += 1
+            log.error("%s: %s: %s escaped the handlers' failure handling; retrying in %.1fs "
+                      "(attempt %d), the offset stays uncommitted", where,
+                      type(exc).__name__, exc, delay, attempt, exc_info=exc)
+
+        await retry(partial(_stray_cancel_as_error, work), self.backoff,
+                    retry_on=_any_error, report=report)
+        partition.row_done(position.offset)
+        if change is not None:
+            self.stats.rows_done += 1
+
+
+class _StrayCancel(Exception):
+    """A CancelledError raised inside a job whose task was not being cancelled."""
+
+
+async def _stray_cancel_as_error(work: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await work()
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # a real cancel: revocation or stop
+        raise _StrayCancel(f"CancelledError raised inside the job ({exc})") from exc
+
+
+def _any_error(exc: BaseException) -> bool:
+    return True

@@ -1,0 +1,1 @@
+"""A handler package that registers no handler (a wrong `[handlers] package`, say)."""
