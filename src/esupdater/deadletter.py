@@ -119,6 +119,17 @@ class PartitionGate(Protocol):
 TryAgain = Callable[[], Awaitable["str | None"]]
 
 
+@dataclass(frozen=True, slots=True)
+class Unapplied:
+    """A row (or a whole record) that cannot be applied, and what block mode needs of it:
+    the gate that holds its partition and, for a row, how to try it again."""
+
+    value: bytes | None
+    failure: Failure
+    gate: PartitionGate | None = None
+    try_again: TryAgain | None = None
+
+
 class SetAside:
     """Skip mode (and the base): log once, count, and let the stream go on.
 
@@ -129,16 +140,9 @@ class SetAside:
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
 
-    async def give_up(
-        self,
-        value: bytes | None,
-        failure: Failure,
-        *,
-        gate: PartitionGate | None = None,
-        try_again: TryAgain | None = None,
-    ) -> None:
+    async def give_up(self, unapplied: Unapplied) -> None:
         """The row cannot be applied: set it aside (this mode), so the stream goes on."""
-        await self.put(value, failure)
+        await self.put(unapplied.value, unapplied.failure)
 
     async def put(self, value: bytes | None, failure: Failure) -> None:
         self.stats.dead_lettered += 1
@@ -154,18 +158,12 @@ class BlockOnFailure(SetAside):
         super().__init__(stats)
         self.backoff = backoff
 
-    async def give_up(
-        self,
-        value: bytes | None,
-        failure: Failure,
-        *,
-        gate: PartitionGate | None = None,
-        try_again: TryAgain | None = None,
-    ) -> None:
+    async def give_up(self, unapplied: Unapplied) -> None:
+        gate, failure = unapplied.gate, unapplied.failure
         if gate is not None:
             gate.hold(failure.position)
         try:
-            await retry(partial(self._once_more, failure, try_again), self.backoff,
+            await retry(partial(self._once_more, failure, unapplied.try_again), self.backoff,
                         retry_on=_still_blocked, report=_report_blocked)
         finally:
             if gate is not None:

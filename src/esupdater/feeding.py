@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 
 from aiokafka.structs import TopicPartition
 
 from esupdater.backoff import Backoff, retry
 from esupdater.change import Change, Position
-from esupdater.deadletter import Failure, PartitionGate, SetAside
+from esupdater.deadletter import Failure, PartitionGate, SetAside, Unapplied
 from esupdater.decoding import DecodeError, Decoder
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.handling import HandlerRunner, error_class
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 Admit = Callable[[], bool]
 
 
+@dataclass
 class Feeder:
     """Turns records into row jobs on the dispatcher, keyed for per-document order.
 
@@ -36,28 +38,16 @@ class Feeder:
     is logged, counted and retried here, so no row is ever silently left undone.
     """
 
-    def __init__(
-        self,
-        decoder: Decoder,
-        registry: Registry,
-        runner: HandlerRunner,
-        set_aside: SetAside,
-        stats: Stats,
-        *,
-        dispatcher: KeyedDispatcher,
-        offsets: OffsetTracker[TopicPartition],
-        backoff: Backoff,
-        gate: PartitionGate,
-    ) -> None:
-        self.decoder = decoder
-        self.registry = registry
-        self.runner = runner
-        self.set_aside = set_aside
-        self.stats = stats
-        self.dispatcher = dispatcher
-        self.offsets = offsets
-        self.backoff = backoff
-        self.gate = gate
+    decoder: Decoder
+    registry: Registry
+    runner: HandlerRunner
+    set_aside: SetAside
+    stats: Stats
+    _: KW_ONLY
+    dispatcher: KeyedDispatcher
+    offsets: OffsetTracker[TopicPartition]
+    backoff: Backoff
+    gate: PartitionGate
 
     async def feed(
         self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit
@@ -115,7 +105,7 @@ class Feeder:
         self.stats.decode_errors += 1
         failure = Failure(position, exc.reason, error_class(exc))
         partition = self.offsets.track(tp, position.offset, 1)
-        give_up = partial(self.set_aside.give_up, value, failure, gate=self.gate)
+        give_up = partial(self.set_aside.give_up, Unapplied(value, failure, gate=self.gate))
         submitted = await self.dispatcher.submit(
             ("", "", str(position)), partial(self._observed, partition, position, None, give_up),
             group=tp, admit=admit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 
 from elasticsearch import AsyncElasticsearch
@@ -12,7 +13,7 @@ from esupdater.backoff import Backoff
 from esupdater.bulk import BulkSink
 from esupdater.change import Change
 from esupdater.context import Context
-from esupdater.deadletter import Failure, PartitionGate, SetAside
+from esupdater.deadletter import Failure, PartitionGate, SetAside, Unapplied
 from esupdater.errors import FailureKind, HandlerCancelledError, classify
 from esupdater.routing import Route
 from esupdater.stats import Stats
@@ -24,6 +25,7 @@ def error_class(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
+@dataclass
 class HandlerRunner:
     """Runs every matching handler of a change, one after another, in registration order.
 
@@ -37,24 +39,14 @@ class HandlerRunner:
     hold the partition and are logged as errors every time.
     """
 
-    def __init__(
-        self,
-        sink: BulkSink,
-        es: AsyncElasticsearch | None,
-        stats: Stats,
-        set_aside: SetAside,
-        *,
-        max_attempts: int,
-        backoff: Backoff,
-        gate: PartitionGate | None = None,
-    ) -> None:
-        self.sink = sink
-        self.es = es
-        self.stats = stats
-        self.set_aside = set_aside
-        self.max_attempts = max_attempts
-        self.backoff = backoff
-        self.gate = gate
+    sink: BulkSink
+    es: AsyncElasticsearch | None
+    stats: Stats
+    set_aside: SetAside
+    _: KW_ONLY
+    max_attempts: int
+    backoff: Backoff
+    gate: PartitionGate | None = None
 
     async def run(self, change: Change, routes: tuple[Route, ...], value: bytes | None) -> None:
         sensor = self.stats.sensor  # told how each route's run went (telemetry.Sensor)
@@ -107,10 +99,10 @@ class HandlerRunner:
                     else:
                         self.stats.handler_errors += 1
                     # Skip, dead-letter, or (block mode) hold and try again until it works.
-                    await self.set_aside.give_up(
+                    await self.set_aside.give_up(Unapplied(
                         value, self._failure(change, route, exc, attempt), gate=self.gate,
                         try_again=partial(self._try_again, change, route),
-                    )
+                    ))
                     return
         finally:
             if held and self.gate is not None:

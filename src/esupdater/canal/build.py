@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, Required, TypedDict
 
 import orjson
+from typing_extensions import Unpack
 
 from esupdater.canal import canal_pb2 as pb
 from esupdater.canal.columns import ROW_DATA_TAG, ColumnCodec, Row, sql_type_for, varint
@@ -26,22 +27,28 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class RowEventFields(TypedDict, total=False):
+    """What describes a row event, in both forms (the keyword arguments of the builders)."""
+
+    mysql_types: Required[Mapping[str, str]]
+    old: Sequence[Row] | None
+    pk_names: Sequence[str]
+    sql_types: Mapping[str, int] | None
+    es_ms: int | None
+    is_ddl: bool
+    sql: str
+
+
 def flat_message(
-    database: str,
-    table: str,
-    type: str,
-    rows: Sequence[Row],
-    *,
-    old: Sequence[Row] | None = None,
-    pk_names: Sequence[str] = ("id",),
-    mysql_types: Mapping[str, str],
-    sql_types: Mapping[str, int] | None = None,
-    es_ms: int | None = None,
-    id: int = 1,
-    is_ddl: bool = False,
-    sql: str = "",
+    database: str, table: str, type: str, rows: Sequence[Row], *, id: int = 1,
+    **fields: Unpack[RowEventFields],
 ) -> bytes:
     """One FlatMessage as Canal's Kafka producer writes it with flatMessage=true."""
+    mysql_types = fields["mysql_types"]
+    old, is_ddl = fields.get("old"), fields.get("is_ddl", False)
+    pk_names = fields.get("pk_names", ("id",))
+    sql_types = fields.get("sql_types")
+    es_ms = fields.get("es_ms")
     now = _now_ms()
     if sql_types is None:
         sql_types = {name: sql_type_for(kind) for name, kind in mysql_types.items()}
@@ -57,7 +64,7 @@ def flat_message(
             "mysqlType": None if rowless else dict(mysql_types),
             "old": list(old) if old and not is_ddl else None,
             "pkNames": list(pk_names) if pk_names and not is_ddl else None,
-            "sql": sql,
+            "sql": fields.get("sql", ""),
             "sqlType": None if rowless else dict(sql_types),
             "table": table,
             "ts": now,
@@ -68,31 +75,17 @@ def flat_message(
 
 
 def protobuf_message(
-    database: str,
-    table: str,
-    type: str,
-    rows: Sequence[Row],
-    *,
-    old: Sequence[Row] | None = None,
-    pk_names: Sequence[str] = ("id",),
-    mysql_types: Mapping[str, str],
-    sql_types: Mapping[str, int] | None = None,
-    es_ms: int | None = None,
-    id: int = 1,
-    is_ddl: bool = False,
-    sql: str = "",
-    transaction: bool = False,
+    database: str, table: str, type: str, rows: Sequence[Row], *, id: int = 1,
+    transaction: bool = False, **fields: Unpack[RowEventFields],
 ) -> bytes:
     """One Kafka record as Canal sends it with flatMessage=false: a batch of one row entry.
 
     With `transaction`, the entry is wrapped in TRANSACTIONBEGIN / TRANSACTIONEND entries, as
     Canal's default raw mode sends them (filterTransactionEntry does not apply there).
     """
-    entry = protobuf_row_entry(
-        database, table, type, rows, old=old, pk_names=pk_names, mysql_types=mysql_types,
-        sql_types=sql_types, es_ms=es_ms, is_ddl=is_ddl, sql=sql,
-    )  # fmt: skip
+    entry = protobuf_row_entry(database, table, type, rows, **fields)
     if transaction:
+        es_ms = fields.get("es_ms")
         entries = [
             protobuf_transaction_entry("begin", es_ms=es_ms),
             entry,
@@ -118,24 +111,18 @@ def protobuf_packet(
 
 
 def protobuf_row_entry(
-    database: str,
-    table: str,
-    type: str,
-    rows: Sequence[Row],
-    *,
-    old: Sequence[Row] | None = None,
-    pk_names: Sequence[str] = ("id",),
-    mysql_types: Mapping[str, str],
-    sql_types: Mapping[str, int] | None = None,
-    es_ms: int | None = None,
-    is_ddl: bool = False,
-    sql: str = "",
+    database: str, table: str, type: str, rows: Sequence[Row],
+    **fields: Unpack[RowEventFields],
 ) -> bytes:
     """One ROWDATA Entry: header plus a RowChange holding every row."""
+    is_ddl, old = fields.get("is_ddl", False), fields.get("old")
     event = pb.EventType.Value(type)
-    change = pb.RowChange(tableId=1, eventType=event, isDdl=is_ddl, sql=sql).SerializeToString()
+    change = pb.RowChange(
+        tableId=1, eventType=event, isDdl=is_ddl, sql=fields.get("sql", "")
+    ).SerializeToString()
     if not is_ddl:
-        columns = ColumnCodec(mysql_types, sql_types, frozenset(pk_names))
+        columns = ColumnCodec(fields["mysql_types"], fields.get("sql_types"),
+                              frozenset(fields.get("pk_names", ("id",))))
         parts = [change]
         for index, row in enumerate(rows):
             row_old = old[index] if old is not None and index < len(old) else None
@@ -143,7 +130,7 @@ def protobuf_row_entry(
             parts += (ROW_DATA_TAG, varint(len(data)), data)
         change = b"".join(parts)
     return pb.Entry(
-        header=_header(database, table, event, es_ms),
+        header=_header(database, table, event, fields.get("es_ms")),
         entryType=pb.ROWDATA,
         storeValue=change,
     ).SerializeToString()
