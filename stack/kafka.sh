@@ -93,6 +93,15 @@ kafka_up() {
 kafka_wait() {
   wait_until 90 kafka kafka_healthy \
     || die "Kafka did not become healthy in 90 s: see $STACK_LOGS/kafka.log and kafka.out"
+  # A new broker answers before its offsets topic has a coordinator: the first group commit
+  # would fail. Healthy means a consumer group can commit (needs `make install`'s .venv).
+  if [ -x "$STACK_ROOT/.venv/bin/python" ]; then
+    (cd "$STACK_ROOT" && ESUPDATER_TEST_KAFKA="127.0.0.1:$KAFKA_PORT" \
+      .venv/bin/python -m tools.kafka_ready --seconds 90) \
+      || die "Kafka started but cannot serve consumer groups: see $STACK_LOGS/kafka.log"
+  else
+    log "no .venv yet: not checking that Kafka serves consumer groups (make install first)"
+  fi
   log "Kafka healthy on 127.0.0.1:$KAFKA_PORT"
 }
 
