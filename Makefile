@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROTOC := PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto
+CANAL_STUB := src/esupdater/canal/canal_pb2.pyi
 
 .PHONY: install up down status test unit lint demo bench soak proto clean
 
@@ -30,16 +32,21 @@ test: install up  ## unit + integration tests against the local stack
 unit: install  ## unit tests only (no servers)
 	$(BIN)/pytest -q tests/unit
 
-lint: install  ## ruff + mypy --strict
+lint: install $(CANAL_STUB)  ## ruff + mypy --strict
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy --strict src/esupdater bench tools tests/integration/handlers
 
 demo: install up  ## see it work: a shop's binlog through Kafka and esupdater into Elasticsearch, verified
 	$(BIN)/python -m tools.demo
 
-proto: install  ## regenerate the Canal protobuf module and its typed stub
-	cd src/esupdater/canal && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. \
-	  --python_out=. --mypy_out=. canal.proto
+proto: install  ## regenerate the Canal protobuf module (committed) from proto/canal.proto
+	$(PROTOC) --python_out=src/esupdater/canal proto/canal.proto
+	$(MAKE) --always-make $(CANAL_STUB)
+
+# The typed stub only serves mypy: generated here, not committed (generated code repeats
+# itself, and the module it describes is committed already).
+$(CANAL_STUB): proto/canal.proto $(STAMP)
+	$(PROTOC) --mypy_out=src/esupdater/canal proto/canal.proto
 
 bench: install up  ## throughput vs ceilings and the seed's shape, latency, RSS -> bench/results/
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -130,6 +130,7 @@ class Unapplied:
     try_again: TryAgain | None = None
 
 
+@dataclass
 class SetAside:
     """Skip mode (and the base): log once, count, and let the stream go on.
 
@@ -137,8 +138,7 @@ class SetAside:
     mode decides there: skip, produce to the dead-letter topic, or block.
     """
 
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
+    stats: Stats
 
     async def give_up(self, unapplied: Unapplied) -> None:
         """The row cannot be applied: set it aside (this mode), so the stream goes on."""
@@ -149,14 +149,13 @@ class SetAside:
         log.error("skipped %s", failure.describe())
 
 
+@dataclass
 class BlockOnFailure(SetAside):
     """Block mode: nothing is set aside. The partition is held and the failure logged again
     and again; a row is tried again each time (`try_again`) and goes on once it succeeds, a
     record that cannot be decoded waits for a restart with another `[dead_letter]` setting."""
 
-    def __init__(self, stats: Stats, backoff: Backoff) -> None:
-        super().__init__(stats)
-        self.backoff = backoff
+    backoff: Backoff
 
     async def give_up(self, unapplied: Unapplied) -> None:
         gate, failure = unapplied.gate, unapplied.failure
@@ -194,6 +193,7 @@ def _report_blocked(exc: BaseException, attempt: int, delay: float) -> None:
               'on_failure = "skip" and restart); again in %.1fs', exc, delay)
 
 
+@dataclass
 class DeadLetterTopic(SetAside):
     """Produces failures to the dead-letter topic; waits for Kafka's acknowledgement.
 
@@ -202,19 +202,10 @@ class DeadLetterTopic(SetAside):
     large for Kafka is not transient: it goes as a pointer to the source record instead.
     """
 
-    def __init__(
-        self,
-        stats: Stats,
-        producer: AIOKafkaProducer,
-        topic: str,
-        backoff: Backoff,
-        max_request_size: int | None = None,
-    ) -> None:
-        super().__init__(stats)
-        self.producer = producer
-        self.topic = topic
-        self.backoff = backoff
-        self.max_request_size = max_request_size
+    producer: AIOKafkaProducer
+    topic: str
+    backoff: Backoff
+    max_request_size: int | None = None
 
     async def put(self, value: bytes | None, failure: Failure) -> None:
         # aiokafka sends no record without a key or a value; a tombstone's position is unique.

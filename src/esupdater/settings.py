@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import orjson
 import pydantic_settings
@@ -115,6 +115,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_S = TypeVar("_S", bound=_Section)
+
+
 class KafkaSettings(_Section):
     """How we reach Kafka and behave as a consumer-group member."""
 
@@ -179,6 +182,13 @@ class ElasticsearchSettings(_Section):
         return self
 
 
+def _not_above(section: _S, smaller: str, larger: str) -> _S:
+    """A section's check that one of its settings does not exceed another."""
+    if getattr(section, smaller) > getattr(section, larger):
+        raise ValueError(f"{smaller} must not exceed {larger}")
+    return section
+
+
 class SourceSettings(_Section):
     """What the topics hold: the message format (esupdater.decoding) and its options."""
 
@@ -205,9 +215,7 @@ class BulkSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> BulkSettings:
-        if self.initial_backoff_ms > self.max_backoff_ms:
-            raise ValueError("initial_backoff_ms must not exceed max_backoff_ms")
-        return self
+        return _not_above(self, "initial_backoff_ms", "max_backoff_ms")
 
 
 class RuntimeSettings(_Section):
@@ -221,10 +229,8 @@ class RuntimeSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> RuntimeSettings:
-        if self.drain_timeout_seconds > self.stop_timeout_seconds:
-            # `esupdater stop` would report failure while the service is still draining.
-            raise ValueError("drain_timeout_seconds must not exceed stop_timeout_seconds")
-        return self
+        # `esupdater stop` would report failure while the service is still draining.
+        return _not_above(self, "drain_timeout_seconds", "stop_timeout_seconds")
 
 
 class HandlersSettings(_Section):
