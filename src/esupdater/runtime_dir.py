@@ -20,6 +20,7 @@ import errno
 import fcntl
 import logging
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Mapping
@@ -262,8 +263,17 @@ def read_stats(runtime_dir: Path) -> dict[str, Any] | None:
 
 
 async def wait_for_stop(runtime_dir: Path, timeout_s: float, poll_s: float = 1.0) -> bool:
-    """Ask the instance to stop; True once no live instance remains, False on timeout."""
+    """Ask the instance to stop; True once no live instance remains, False on timeout.
+
+    Both ways the PHP tool's users know and the way service managers use: `stop` in the
+    status file, then SIGTERM to the pid that holds the lock (so it is never a reused pid),
+    which drains the same way and reaches an instance that does not read the file yet.
+    """
     write_status(runtime_dir, "stop")
+    pid = read_running_pid(runtime_dir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):  # gone meanwhile: nothing to ask
+            os.kill(pid, signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while read_running_pid(runtime_dir) is not None:

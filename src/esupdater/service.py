@@ -48,7 +48,13 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
             log.warning("%s", warning)
         stop = asyncio.Event()
         _install_signal_handlers(stop)
-        await _serve(settings, registry, stop)
+        # Watched from the start: `esupdater stop` must also end a wait for Kafka at start-up.
+        watching = asyncio.create_task(_watch_status(settings, stop), name="status-watch")
+        try:
+            await _serve(settings, registry, stop)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
         with suppress(FileNotFoundError):
             (runtime_dir / "esupdater.stats.json").unlink()
     log.info("stopped")
@@ -82,16 +88,12 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
             serve_metrics(settings.metrics.host, settings.metrics.port, parts.stats)
         log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
-        watchers = [
-            asyncio.create_task(_watch_status(settings, stop), name="status-watch"),
-            asyncio.create_task(_report(settings, loop, parts.stats, stop), name="stats"),
-        ]
+        reporting = asyncio.create_task(_report(settings, loop, parts.stats, stop), name="stats")
         try:
             await loop.run(stop)
         finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            reporting.cancel()
+            await asyncio.gather(reporting, return_exceptions=True)
 
 
 async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:

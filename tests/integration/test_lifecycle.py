@@ -341,3 +341,24 @@ async def test_check_is_quiet_about_credentials_over_tls(new_service: ServiceFac
 
     assert checked.returncode == 0, checked
     assert "in clear" not in checked.output, checked
+
+
+async def test_stop_while_kafka_cannot_be_reached_at_start_up_stops_at_once(
+    new_service: ServiceFactory,
+) -> None:
+    """Start-up waits for Kafka (a transient outage); `stop` must end that wait, not time out."""
+    service = await new_service("users_upserted", settings={
+        "kafka": {"bootstrap_servers": "127.0.0.1:1"},  # nothing listens there
+    })
+    proc = service.start()
+
+    async def waiting_for_kafka() -> bool:
+        return service.pidfile_pid() == proc.pid and "cannot start" in service.log_since_start()
+
+    await eventually(waiting_for_kafka, timeout=30, what="waiting for Kafka", service=service)
+    stopped = await service.cli("stop", "--timeout", "10")
+
+    assert stopped.returncode == 0, (stopped, service.log_since_start()[-3000:])
+    assert "stopped" in stopped.stdout, stopped
+    assert service.returncode == 0
+    assert not service.pidfile.exists()

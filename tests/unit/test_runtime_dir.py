@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -39,17 +40,31 @@ with PidFile(Path(sys.argv[1])):
     sys.stdin.read()
 """
 
-# Behaves like `esupdater run` around the status file: runs until it reads "stop".
+# Behaves like `esupdater run` around the status file and SIGTERM: runs until it reads
+# "stop" or is sent SIGTERM, then exits 0.
 OBEYS_STOP = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from esupdater.runtime_dir import PidFile, read_status, write_status
 d = Path(sys.argv[1])
+asked = []
+signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
 with PidFile(d):
     write_status(d, "start")
     print("ready", flush=True)
-    while read_status(d) != "stop":
+    while read_status(d) != "stop" and not asked:
         time.sleep(0.02)
+"""
+
+# Stuck: holds the pidfile and ignores both the status file and SIGTERM.
+STUCK = """
+import signal, sys
+from pathlib import Path
+from esupdater.runtime_dir import PidFile
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with PidFile(Path(sys.argv[1])):
+    print("ready", flush=True)
+    sys.stdin.read()
 """
 
 
@@ -298,7 +313,7 @@ async def test_wait_for_stop_returns_true_when_the_instance_exits(
 async def test_wait_for_stop_returns_false_on_timeout(
     tmp_path: Path, children: list[subprocess.Popen[str]]
 ) -> None:
-    children.append(spawn(HOLDER, tmp_path))  # ignores the status file
+    children.append(spawn(STUCK, tmp_path))  # ignores the status file and SIGTERM
     assert not await wait_for_stop(tmp_path, timeout_s=0.3, poll_s=0.05)
     assert read_status(tmp_path) == "stop"
     assert read_running_pid(tmp_path) == children[0].pid
@@ -306,3 +321,13 @@ async def test_wait_for_stop_returns_false_on_timeout(
 
 async def test_wait_for_stop_with_nothing_running_is_immediate(tmp_path: Path) -> None:
     assert await wait_for_stop(tmp_path, timeout_s=0, poll_s=1)
+
+
+async def test_stop_also_signals_a_running_instance_that_never_reads_the_status_file(
+    tmp_path: Path, children: list[subprocess.Popen[str]]
+) -> None:
+    """SIGTERM drains the same way; an instance stuck before it watches the file still stops."""
+    holder = spawn(HOLDER, tmp_path)  # holds the pidfile, ignores the status file
+    children.append(holder)
+    assert await wait_for_stop(tmp_path, timeout_s=10, poll_s=0.05)
+    assert holder.wait(timeout=10) == -signal.SIGTERM
