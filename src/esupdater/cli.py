@@ -18,6 +18,7 @@ from esupdater.logs import setup_logging
 from esupdater.routing import default_registry, load_handlers
 from esupdater.runtime_dir import read_running_pid, read_stats, wait_for_stop
 from esupdater.settings import (
+    DEFAULT_PATH,
     Settings,
     load_settings,
     no_handlers_message,
@@ -48,7 +49,19 @@ SettingsOption = Annotated[
 EXIT_CONFIG = 2
 
 
+class _BeforeCommand:
+    """Options given before the command name (one invocation per process)."""
+
+    settings: Path | None = None
+
+
+_before_command = _BeforeCommand()
+
+
 def _settings(path: Path | None) -> Settings:
+    """The settings the command names (`-s` after it, else before it, else ./settings.toml)."""
+    if path is None:
+        path = _before_command.settings
     try:
         return load_settings(path)
     except EsupdaterError as exc:
@@ -75,8 +88,10 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    settings: SettingsOption = None,
 ) -> None:
     """esupdater: MySQL -> Canal -> Kafka -> your handlers -> Elasticsearch."""
+    _before_command.settings = settings  # `esupdater -s FILE COMMAND` works too
 
 
 @app.command()
@@ -168,6 +183,9 @@ def _shown(spec: Spec, value: Any) -> str:
 def check(settings: SettingsOption = None) -> None:
     """Validate the settings, import the handlers and print the route table."""
     config = _settings(settings)
+    if settings is None and _before_command.settings is None and not DEFAULT_PATH.is_file():
+        out.print(f"no {DEFAULT_PATH} here: the defaults (and any ESUPDATER_* variables) are "
+                  "in use", highlight=False)
     try:
         modules = load_handlers(config.handlers.package, default_registry)
     except EsupdaterError as exc:
