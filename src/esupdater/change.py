@@ -65,6 +65,10 @@ class Change:
     #: The primary key before this UPDATE when it changed it, else None: the document
     #: stored under that key is now stale (see `previous_pk`).
     old_pk: str | None = None
+    #: Where the row came from: "binlog" (a change Canal published), or "table" for a row
+    #: read from the table itself (esupdater.table_reader: an INSERT of the row as it is,
+    #: `position` = `<database>.<table>`, partition -1, offset = the row's number in the read).
+    source: str = "binlog"
 
     @property
     def topic(self) -> str:
@@ -93,6 +97,11 @@ class Change:
                 "per record; Change.version cannot order it"
             )
         return self.position.offset * VERSION_ROWS_PER_RECORD + self.row_index
+
+    @property
+    def is_backfill(self) -> bool:
+        """A row read from the table (`source == "table"`), not a change from the binlog."""
+        return self.source == "table"
 
     @property
     def is_insert(self) -> bool:

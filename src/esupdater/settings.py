@@ -182,6 +182,21 @@ class ElasticsearchSettings(_Section):
         return self
 
 
+class MySQLSettings(_Section):
+    """How we read MySQL/MariaDB tables (esupdater.table_reader): for backfill and verify.
+
+    The stream itself never connects to MySQL (Canal reads the binlog); only table reads do.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=3306, ge=1, le=65_535)
+    user: str = Field(default="esupdater", min_length=1)
+    password: SecretStr | None = None
+    #: The connection's default database; tables are always named `database.table` anyway.
+    database: OptStr = None
+    ssl_ca: OptPath = None
+
+
 def _not_above(section: _S, smaller: str, larger: str) -> _S:
     """A section's check that one of its settings does not exceed another."""
     if getattr(section, smaller) > getattr(section, larger):
@@ -376,6 +391,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     source: SourceSettings = SourceSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    mysql: MySQLSettings = MySQLSettings()
     dispatch: DispatchSettings = DispatchSettings()
     bulk: BulkSettings = BulkSettings()
     runtime: RuntimeSettings = RuntimeSettings()
