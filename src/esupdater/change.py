@@ -20,8 +20,10 @@ PK_SEPARATOR = ":"
 #: Inside a composite key's values, precedes a literal PK_SEPARATOR or PK_ESCAPE, so that no
 #: two keys share a `pk` (`("1:2", "3")` gives `1\:2:3`, `("1", "2:3")` gives `1:2\:3`).
 PK_ESCAPE = "\\"
-#: `Change.version` = offset * VERSION_ROWS_PER_RECORD + row_index.
+#: `Change.version` = offset * VERSION_ROWS_PER_RECORD + row_index + 1.
 VERSION_ROWS_PER_RECORD = 1 << 20
+#: A backfilled row's version: lower than every streamed change's (docs/backfill.md).
+BACKFILL_VERSION = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +92,18 @@ class Change:
         what the document holds (a late request from a previous owner of the partition after
         a rebalance). Comparable only between changes of one topic partition: use it for
         documents written from one table whose rows Canal partitions by primary key.
+
+        It starts at 1: version 0 is a backfilled row's (`is_backfill`), which any streamed
+        write replaces and which replaces nothing (docs/backfill.md).
         """
+        if self.source == "table":
+            return BACKFILL_VERSION
         if self.row_index >= VERSION_ROWS_PER_RECORD:
             raise ValueError(
                 f"{self.position}: row {self.row_index} is past {VERSION_ROWS_PER_RECORD} rows "
                 "per record; Change.version cannot order it"
             )
-        return self.position.offset * VERSION_ROWS_PER_RECORD + self.row_index
+        return self.position.offset * VERSION_ROWS_PER_RECORD + self.row_index + 1
 
     @property
     def is_backfill(self) -> bool:

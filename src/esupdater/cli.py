@@ -239,5 +239,61 @@ def redrive(
         raise typer.Exit(1)
 
 
+
+@app.command()
+def backfill(
+    pattern: Annotated[str, typer.Argument(help="database.table; * and ? globs (shop.orders_*).")],
+    settings: SettingsOption = None,
+    where: Annotated[
+        str | None, typer.Option(help="Extra SQL condition on the rows (trusted input).")
+    ] = None,
+    chunk: Annotated[int, typer.Option(min=1, help="Rows per read (one snapshot each).")] = 1000,
+    rate: Annotated[
+        float, typer.Option(min=0, help="At most this many rows per second (0: no limit).")
+    ] = 0.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue after the last checkpoint.")
+    ] = False,
+) -> None:
+    """Bring a table's existing rows into the index through the handlers, while `run` streams.
+
+    A backfilled row never replaces a document the stream wrote, nor brings back one it
+    deleted (docs/backfill.md): run it alongside `esupdater run`. One summary line per table;
+    exit 0 when every row went through, 1 when some were set aside, 2 on a setup error.
+    """
+    from esupdater.backfill import TableReport
+    from esupdater.backfill import backfill as run_backfill
+
+    config = _settings(settings)
+    setup_logging(config.log.level, config.log.format)
+    last_line = [0.0]
+
+    def progress(report: TableReport, _total: int | None) -> None:
+        now = time.monotonic()
+        if now - last_line[0] >= PROGRESS_INTERVAL:
+            last_line[0] = now
+            rate_now = report.read / report.seconds if report.seconds else 0.0
+            err.print(f"{report.table}: {report.read} rows read, {report.written} written "
+                      f"({rate_now:,.0f} rows/s)", markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        load_handlers(config.handlers.package, default_registry)
+        reports = bounded_exit.run(run_backfill(
+            config, default_registry, pattern, chunk_size=chunk, rate=rate, where=where,
+            resume=resume, progress=progress,
+        ))
+    except EsupdaterError as exc:
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    for report in reports:  # one line each, never wrapped: scripts read them
+        out.print(report.line(), markup=False, highlight=False, soft_wrap=True)
+    if any(report.set_aside for report in reports):
+        raise typer.Exit(1)
+
+
+#: Seconds between a backfill's progress lines.
+PROGRESS_INTERVAL = 5.0
+
+
 def main() -> None:
     app()

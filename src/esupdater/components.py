@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.backoff import Backoff, retry
-from esupdater.bulk import BulkLimits, BulkWriter
+from esupdater.bulk import BulkLimits, BulkSink, BulkWriter
 from esupdater.clients import make_elasticsearch
 from esupdater.deadletter import PartitionGate, SetAside, dead_letter_producer, make_set_aside
 from esupdater.decoding import Decoder, make_decoder
@@ -47,10 +47,13 @@ class Components:
     producer: AIOKafkaProducer | None
     set_aside: SetAside
 
-    def runner(self, gate: PartitionGate | None = None) -> HandlerRunner:
-        """The handler runner; `gate` holds partitions of the caller's consumer."""
+    def runner(
+        self, gate: PartitionGate | None = None, sink: BulkSink | None = None
+    ) -> HandlerRunner:
+        """The handler runner; `gate` holds partitions of the caller's consumer; `sink` wraps
+        the writer for a caller whose writes follow other rules (a backfill's)."""
         return HandlerRunner(
-            self.writer, self.es, self.stats, self.set_aside,
+            self.writer if sink is None else sink, self.es, self.stats, self.set_aside,
             max_attempts=self.settings.dead_letter.max_attempts, backoff=self.backoff,
             gate=gate,
         )
