@@ -291,6 +291,42 @@ def backfill(
         raise typer.Exit(1)
 
 
+@app.command()
+def verify(
+    pattern: Annotated[str, typer.Argument(help="database.table; * and ? globs.")],
+    settings: SettingsOption = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="Check N random rows only (no orphan scan).")
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Write what differs and delete orphans.")
+    ] = False,
+    show: Annotated[int, typer.Option(min=0, help="Differences printed at most.")] = 10,
+) -> None:
+    """Compare tables with the index through the handlers; exit 1 when they differ.
+
+    With --repair, write the documents that are missing or different and delete those no
+    row produces, each only if the stream has not written it meanwhile; exit 0 once all
+    were repaired.
+    """
+    from esupdater.verify import verify as run_verify
+
+    config = _settings(settings)
+    setup_logging(config.log.level, config.log.format)
+    try:
+        load_handlers(config.handlers.package, default_registry)
+        reports = bounded_exit.run(run_verify(config, default_registry, pattern,
+                                              sample=sample, repair=repair))
+    except EsupdaterError as exc:
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
+    for report in reports:
+        for line in report.lines(show):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if not all(report.ok for report in reports):
+        raise typer.Exit(1)
+
+
 #: Seconds between a backfill's progress lines.
 PROGRESS_INTERVAL = 5.0
 

@@ -404,6 +404,30 @@ class TableReader:
         snapshot_time = datetime.fromtimestamp(float(Decimal(now)), tz=UTC)
         return self._chunk(shape, rows, snapshot, snapshot_time, first_row)
 
+    async def exists(self, shape: TableShape, change: Change) -> bool:
+        """Whether the row `change` was read from is in the table now (by its key)."""
+        readings = {r.name: r for r in column_readings(shape, self._tinyint1_as_bool)}
+        params = [readings[name].key_param(change.raw.get(name) or "") for name in shape.pk_names]
+        condition = " AND ".join(f"{quote_name(name)} = %s" for name in shape.pk_names)
+        found = await self._execute(
+            f"SELECT 1 FROM {quote_name(shape.database)}.{quote_name(shape.table)} "
+            f"WHERE {condition} LIMIT 1", params)
+        return bool(found)
+
+    async def sample(self, shape: TableShape, rows: int) -> list[Change]:
+        """`rows` rows picked at random (ORDER BY RAND(): a full scan; for spot checks)."""
+        sql = select_sql(shape, after=False).replace(
+            f"ORDER BY {', '.join(quote_name(n) for n in shape.pk_names)} LIMIT",
+            "ORDER BY RAND() LIMIT")
+        await self._execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        try:
+            ((now,),) = await self._execute("SELECT UNIX_TIMESTAMP(NOW(6))")
+            found = await self._execute(sql, [rows])
+        finally:
+            await self._execute("COMMIT")
+        snapshot_time = datetime.fromtimestamp(float(Decimal(now)), tz=UTC)
+        return self._chunk(shape, found, None, snapshot_time, 0).changes
+
     async def _snapshot_position(self, shape: TableShape) -> BinlogPosition | None:
         status = dict(await self._execute("SHOW STATUS LIKE 'binlog_snapshot_%'"))
         file = status.get("Binlog_snapshot_file") or ""
