@@ -246,6 +246,18 @@ def _refuse_unmappable_keys(shape: TableShape) -> None:
             "columns")
 
 
+async def connect_reader(settings: Settings) -> TableReader:
+    """A table reader from `[mysql]`; an unreachable or refusing server is a setup error."""
+    try:
+        return await TableReader.connect(
+            settings.mysql, tinyint1_as_bool=settings.source.tinyint1_as_bool)
+    except (OSError, asyncmy.errors.Error) as exc:
+        raise BackfillError(
+            f"cannot read from MySQL at {settings.mysql.host}:{settings.mysql.port} as "
+            f"{settings.mysql.user!r} ([mysql] settings, ESUPDATER_MYSQL__PASSWORD): {exc}"
+        ) from None
+
+
 async def backfill(
     settings: Settings,
     registry: Registry,
@@ -260,14 +272,7 @@ async def backfill(
     """Backfill every table `pattern` names, one after another; one report per table."""
     make_runtime_dir(settings.runtime.dir)
     async with components(settings) as parts:
-        try:
-            reader = await TableReader.connect(
-                settings.mysql, tinyint1_as_bool=settings.source.tinyint1_as_bool)
-        except (OSError, asyncmy.errors.Error) as exc:
-            raise BackfillError(
-                f"cannot read from MySQL at {settings.mysql.host}:{settings.mysql.port} as "
-                f"{settings.mysql.user!r} ([mysql] settings, ESUPDATER_MYSQL__PASSWORD): {exc}"
-            ) from None
+        reader = await connect_reader(settings)
         async with reader:
             tables = await reader.tables(pattern)
             if not tables:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -127,7 +128,18 @@ class ExactNdjsonSerializer(_ExactNumbers, NdjsonSerializer):
     mimetype: ClassVar[str] = "application/x-ndjson"
 
 
-def make_elasticsearch(es: ElasticsearchSettings, *, orjson: bool = True) -> AsyncElasticsearch:
+class ExactReadingSerializer(ExactJsonSerializer):
+    """Also reads fractions exactly (as Decimal): for comparing with what a table holds
+    (`esupdater verify`), where a float would hide a rounded decimal. Slower; not for
+    the hot path."""
+
+    def json_loads(self, data: bytes) -> Any:
+        return json.loads(data, parse_float=Decimal)
+
+
+def make_elasticsearch(
+    es: ElasticsearchSettings, *, orjson: bool = True, exact_reads: bool = False
+) -> AsyncElasticsearch:
     """The shared async client; orjson serialises bulk bodies several times faster.
 
     `orjson=False` keeps the client's standard-library serializer, for the benchmark's
@@ -135,8 +147,9 @@ def make_elasticsearch(es: ElasticsearchSettings, *, orjson: bool = True) -> Asy
     """
     options: dict[str, Any] = {"request_timeout": es.request_timeout}
     if orjson:
+        reading = ExactReadingSerializer() if exact_reads else ExactJsonSerializer()
         options["serializers"] = {
-            ExactJsonSerializer.mimetype: ExactJsonSerializer(),
+            ExactJsonSerializer.mimetype: reading,
             ExactNdjsonSerializer.mimetype: ExactNdjsonSerializer(),
         }
     if es.username and es.password is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch, ConflictError, NotFoundError
 from elasticsearch.helpers import async_scan
 
-from esupdater.backfill import BackfillError
+from esupdater.backfill import BackfillError, connect_reader
 from esupdater.change import BACKFILL_VERSION, Change
 from esupdater.clients import make_elasticsearch
 from esupdater.routing import Registry
@@ -85,10 +85,10 @@ class VerifyReport:
 
 
 def normal(value: Any) -> Any:
-    """A value as compared: Elasticsearch's source and the sink's agree on everything but
-    how a fraction is held (float or Decimal)."""
-    if isinstance(value, Decimal):
-        return float(value)
+    """A value as compared: a fraction exactly, whether held as a float (the sink keeps one
+    where the float is the same number) or as a Decimal (read exactly from Elasticsearch)."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
     if isinstance(value, dict):
         return {k: normal(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -229,10 +229,9 @@ async def verify(
     repair: bool = False,
 ) -> list[VerifyReport]:
     """Verify (and repair) every table `pattern` names; one report per table."""
-    es = make_elasticsearch(settings.elasticsearch)
+    es = make_elasticsearch(settings.elasticsearch, exact_reads=True)
     try:
-        reader = await TableReader.connect(
-            settings.mysql, tinyint1_as_bool=settings.source.tinyint1_as_bool)
+        reader = await connect_reader(settings)
         async with reader:
             tables = await reader.tables(pattern)
             if not tables:
