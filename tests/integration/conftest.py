@@ -25,7 +25,7 @@ from tools.local_stack import (
 )
 
 TopicFactory = Callable[..., Awaitable[str]]
-TableFactory = Callable[[str], str]
+TableFactory = Callable[..., str]  # (columns, *, prefix="t_") -> table name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -144,8 +144,9 @@ def new_table(
     """
     created: list[str] = []
 
-    def create(columns: str) -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
+    def create(columns: str, *, prefix: str = "t_") -> str:
+        """`prefix="quiet_"`: a table Canal does not publish (stack/canal.sh)."""
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
         with mariadb.cursor() as cursor:
             cursor.execute(f"CREATE TABLE {name} ({columns})")
         created.append(name)
