@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +27,8 @@ from esupdater.settings import (
 )
 from esupdater.stats import Stats
 from esupdater.telemetry import Spec, declared
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Keep Elasticsearch documents in step with MySQL: Canal row changes from Kafka, "
@@ -226,18 +229,11 @@ def redrive(
     from esupdater.redrive import redrive as run_redrive
 
     config = _settings(settings)
-    setup_logging(config.log.level, config.log.format)
-    try:
-        load_handlers(config.handlers.package, default_registry)
-        report = bounded_exit.run(run_redrive(config, default_registry, limit))
-    except EsupdaterError as exc:
-        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+    report = _with_handlers(config, lambda: run_redrive(config, default_registry, limit))
     for line in report.lines():
         out.print(line, markup=False, highlight=False)
     if not report.ok:
         raise typer.Exit(1)
-
 
 
 @app.command()
@@ -265,7 +261,6 @@ def backfill(
     from esupdater.backfill import backfill as run_backfill
 
     config = _settings(settings)
-    setup_logging(config.log.level, config.log.format)
     last_line = [0.0]
 
     def progress(report: TableReport, _total: int | None) -> None:
@@ -276,15 +271,10 @@ def backfill(
             err.print(f"{report.table}: {report.read} rows read, {report.written} written "
                       f"({rate_now:,.0f} rows/s)", markup=False, highlight=False, soft_wrap=True)
 
-    try:
-        load_handlers(config.handlers.package, default_registry)
-        reports = bounded_exit.run(run_backfill(
-            config, default_registry, pattern, chunk_size=chunk, rate=rate, where=where,
-            resume=resume, progress=progress,
-        ))
-    except EsupdaterError as exc:
-        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+    reports = _with_handlers(config, lambda: run_backfill(
+        config, default_registry, pattern, chunk_size=chunk, rate=rate, where=where,
+        resume=resume, progress=progress,
+    ))
     for report in reports:  # one line each, never wrapped: scripts read them
         out.print(report.line(), markup=False, highlight=False, soft_wrap=True)
     if any(report.set_aside for report in reports):
@@ -312,19 +302,25 @@ def verify(
     from esupdater.verify import verify as run_verify
 
     config = _settings(settings)
-    setup_logging(config.log.level, config.log.format)
-    try:
-        load_handlers(config.handlers.package, default_registry)
-        reports = bounded_exit.run(run_verify(config, default_registry, pattern,
-                                              sample=sample, repair=repair))
-    except EsupdaterError as exc:
-        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
+    reports = _with_handlers(config, lambda: run_verify(
+        config, default_registry, pattern, sample=sample, repair=repair))
     for report in reports:
         for line in report.lines(show):
             out.print(line, markup=False, highlight=False, soft_wrap=True)
     if not all(report.ok for report in reports):
         raise typer.Exit(1)
+
+
+def _with_handlers(config: Settings, command: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a command that needs the handlers: logging set up, handlers imported, the
+    coroutine run with a bounded exit; a setup error exits 2 with its message."""
+    setup_logging(config.log.level, config.log.format)
+    try:
+        load_handlers(config.handlers.package, default_registry)
+        return bounded_exit.run(command())
+    except EsupdaterError as exc:
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 #: Seconds between a backfill's progress lines.
