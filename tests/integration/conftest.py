@@ -145,7 +145,10 @@ def new_table(
     created: list[str] = []
 
     def create(columns: str, *, prefix: str = "t_") -> str:
-        """`prefix="quiet_"`: a table Canal does not publish (stack/canal.sh)."""
+        """`prefix="quiet_"`: a table Canal does not publish (stack/canal.sh). Use it
+        whenever a test does not need the binlog: Canal reads a table's columns when it
+        parses its rows, and one dropped here before a lagging Canal got to its rows stops
+        that Canal instance for good ("Table ... doesn't exist")."""
         name = f"{prefix}{uuid.uuid4().hex[:12]}"
         with mariadb.cursor() as cursor:
             cursor.execute(f"CREATE TABLE {name} ({columns})")

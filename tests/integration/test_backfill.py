@@ -322,7 +322,7 @@ async def test_rows_elasticsearch_refuses_are_set_aside_and_the_backfill_exits_1
 ) -> None:
     """An index mapping `name` as a number refuses the rows whose name is not one: with
     `dead_letter.on_failure = "skip"` they are set aside, the others written, exit 1."""
-    table = new_table(COLUMNS)
+    table = new_table(COLUMNS, prefix="quiet_")
     rows = [{**generated_row(i), "name": str(i) if i % 2 else f"n{i}"} for i in range(1, 11)]
     fill(mariadb, table, [values_sql(row) for row in rows])
     service = await mirroring(new_service, table)
@@ -669,7 +669,7 @@ async def test_a_backfill_killed_midway_resumes_after_its_checkpoint(
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
     spawn_backfill: BackfillFactory,
 ) -> None:
-    table = new_table(COLUMNS)
+    table = new_table(COLUMNS, prefix="quiet_")
     fill(mariadb, table, [values_sql(generated_row(i)) for i in range(1, RESUMED_ROWS + 1)])
     # Each row waits up to 0.2 s before its write, so a chunk is in flight for that long: a
     # checkpoint taken before its chunk was acknowledged would lose rows to the kill.

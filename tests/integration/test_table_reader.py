@@ -58,7 +58,7 @@ async def read_all(
 async def test_a_20000_row_table_is_read_in_chunks_once_each_in_key_order(
     reader: TableReader, mariadb: pymysql.connections.Connection, new_table: TableFactory
 ) -> None:
-    table = new_table("id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(32)")
+    table = new_table("id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(32)", prefix="quiet_")
     # Keys far apart and past 2**53, where a comparison as doubles would lose rows.
     ids = [2**63 + n * 7 for n in range(ROWS)]
     fill(mariadb, table, [f"({i}, 'n{i}')" for i in ids])
@@ -80,7 +80,8 @@ async def test_a_20000_row_table_is_read_in_chunks_once_each_in_key_order(
 async def test_a_composite_key_is_read_in_key_order_once_each(
     reader: TableReader, mariadb: pymysql.connections.Connection, new_table: TableFactory
 ) -> None:
-    table = new_table("a INT, b VARCHAR(8), c BINARY(2), v INT, PRIMARY KEY (a, b, c)")
+    table = new_table("a INT, b VARCHAR(8), c BINARY(2), v INT, PRIMARY KEY (a, b, c)",
+                      prefix="quiet_")
     # Few distinct values per column, so chunks end in the middle of each prefix.
     keys = sorted({(n % 7, f"k{n % 13:02d}", bytes([n % 5, 0])) for n in range(ROWS)}
                   | {(n % 50, f"x{n % 41:02d}", bytes([0, n % 3])) for n in range(ROWS)})
@@ -96,7 +97,7 @@ async def test_a_composite_key_is_read_in_key_order_once_each(
 async def test_where_filters_rows_and_the_snapshot_carries_a_binlog_position_and_time(
     reader: TableReader, mariadb: pymysql.connections.Connection, new_table: TableFactory
 ) -> None:
-    table = new_table("id INT PRIMARY KEY, v INT")
+    table = new_table("id INT PRIMARY KEY, v INT", prefix="quiet_")
     fill(mariadb, table, [f"({i}, {i % 3})" for i in range(1, 101)])
     shape = await reader.describe(MARIADB_DATABASE, table)
     before = time.time()
@@ -118,7 +119,7 @@ async def test_a_row_inserted_during_the_read_is_read_beyond_the_cursor_and_not_
 ) -> None:
     """Chunks are separate snapshots: after the first chunk (keys 10..100), a row with key 5
     (behind the cursor) is never read, one with key 1005 (beyond it) is."""
-    table = new_table("id INT PRIMARY KEY")
+    table = new_table("id INT PRIMARY KEY", prefix="quiet_")
     fill(mariadb, table, [f"({i})" for i in range(10, 1001, 10)])
     shape = await reader.describe(MARIADB_DATABASE, table)
     seen: list[int] = []

@@ -133,7 +133,7 @@ async def backfilled(
     mariadb: pymysql.connections.Connection, es: AsyncElasticsearch, rows: int,
 ) -> tuple[Service, str, list[tuple[Any, ...]]]:
     """A table of `rows` rows, backfilled into the service's index and checked to be there."""
-    table = new_table(COLUMNS)
+    table = new_table(COLUMNS, prefix="quiet_")
     values = table_rows(rows)
     fill(mariadb, table, values)
     service = await new_service("table_mirror", params={"table": table}, settings=settings())
@@ -371,7 +371,7 @@ async def test_verify_of_a_pattern_no_table_matches_exits_2_naming_the_pattern(
 async def test_verify_with_a_wrong_mysql_password_exits_2_naming_the_mysql_settings(
     new_service: ServiceFactory, new_table: TableFactory,
 ) -> None:
-    table = new_table(COLUMNS)
+    table = new_table(COLUMNS, prefix="quiet_")
     service = await new_service("table_mirror", params={"table": table}, settings=settings())
 
     ran = await service.cli("verify", f"shop.{table}", timeout=COMMAND_TIMEOUT,
