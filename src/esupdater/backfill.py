@@ -30,6 +30,7 @@ from esupdater.dispatch import KeyedDispatcher
 from esupdater.errors import ConfigError
 from esupdater.handling import HandlerRunner
 from esupdater.mysql_types import base_type
+from esupdater.progress import NoProgress, TableProgress
 from esupdater.routing import Registry
 from esupdater.runtime_dir import make_runtime_dir
 from esupdater.settings import Settings
@@ -145,7 +146,7 @@ class Backfill:
     chunk_size: int
     rate: float = 0.0
     where: str | None = None
-    progress: Callable[[TableReport, int | None], None] | None = None
+    progress: TableProgress = field(default_factory=NoProgress)
     _sink: BackfillSink = field(init=False)
     _runner: HandlerRunner = field(init=False)
 
@@ -162,6 +163,8 @@ class Backfill:
         if not routes:
             raise BackfillError(f"no handler is registered for INSERT on {shape.name}: "
                                 "nothing to backfill it through")
+        self.progress.begin(shape.name, await self.reader.estimate_rows(
+            shape, after=checkpoint.after, where=self.where))
         stats = self.parts.stats
         dispatcher = KeyedDispatcher(self.parts.settings.dispatch.max_rows_in_flight)
         after: Sequence[KeyValue] | None = checkpoint.after
@@ -199,13 +202,15 @@ class Backfill:
                 break
             after = chunk.last_key
             checkpoint.save(after)
-            if self.progress is not None:
-                self.progress(report, None)
+            self.progress.update(shape.name, report.read,
+                                 f"{report.written:,} written, {report.kept:,} kept")
             if len(chunk.changes) < self.chunk_size:
                 break
             await self._throttle(report.read, started)
         checkpoint.save(after, done=True)
         report.seconds = time.monotonic() - started
+        self.progress.update(shape.name, report.read)
+        self.progress.end(shape.name)
         return report
 
     async def _throttle(self, rows: int, started: float) -> None:
@@ -267,7 +272,7 @@ async def backfill(
     rate: float = 0.0,
     where: str | None = None,
     resume: bool = False,
-    progress: Callable[[TableReport, int | None], None] | None = None,
+    progress: TableProgress | None = None,
 ) -> list[TableReport]:
     """Backfill every table `pattern` names, one after another; one report per table."""
     make_runtime_dir(settings.runtime.dir)
@@ -278,7 +283,7 @@ async def backfill(
             if not tables:
                 raise BackfillError(f"no table matches {pattern!r} on {settings.mysql.host}")
             run = Backfill(parts, registry, reader, chunk_size, rate=rate, where=where,
-                           progress=progress)
+                           progress=progress or NoProgress())
             reports = []
             for database, table in tables:
                 shape = await reader.describe(database, table)

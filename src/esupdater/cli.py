@@ -16,6 +16,7 @@ from rich.table import Table
 from esupdater import __version__, bounded_exit
 from esupdater.errors import ConfigError, EsupdaterError
 from esupdater.logs import setup_logging
+from esupdater.progress import table_progress
 from esupdater.routing import default_registry, load_handlers
 from esupdater.runtime_dir import read_running_pid, read_stats, wait_for_stop
 from esupdater.settings import (
@@ -257,24 +258,14 @@ def backfill(
     deleted (docs/backfill.md): run it alongside `esupdater run`. One summary line per table;
     exit 0 when every row went through, 1 when some were set aside, 2 on a setup error.
     """
-    from esupdater.backfill import TableReport
     from esupdater.backfill import backfill as run_backfill
 
     config = _settings(settings)
-    last_line = [0.0]
-
-    def progress(report: TableReport, _total: int | None) -> None:
-        now = time.monotonic()
-        if now - last_line[0] >= PROGRESS_INTERVAL:
-            last_line[0] = now
-            rate_now = report.read / report.seconds if report.seconds else 0.0
-            err.print(f"{report.table}: {report.read} rows read, {report.written} written "
-                      f"({rate_now:,.0f} rows/s)", markup=False, highlight=False, soft_wrap=True)
-
-    reports = _with_handlers(config, lambda: run_backfill(
-        config, default_registry, pattern, chunk_size=chunk, rate=rate, where=where,
-        resume=resume, progress=progress,
-    ))
+    with table_progress(err, "backfill") as progress:
+        reports = _with_handlers(config, lambda: run_backfill(
+            config, default_registry, pattern, chunk_size=chunk, rate=rate, where=where,
+            resume=resume, progress=progress,
+        ))
     for report in reports:  # one line each, never wrapped: scripts read them
         out.print(report.line(), markup=False, highlight=False, soft_wrap=True)
     if any(report.set_aside for report in reports):
@@ -302,8 +293,10 @@ def verify(
     from esupdater.verify import verify as run_verify
 
     config = _settings(settings)
-    reports = _with_handlers(config, lambda: run_verify(
-        config, default_registry, pattern, sample=sample, repair=repair))
+    with table_progress(err, "verify") as progress:
+        reports = _with_handlers(config, lambda: run_verify(
+            config, default_registry, pattern, sample=sample, repair=repair,
+            progress=progress))
     for report in reports:
         for line in report.lines(show):
             out.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -322,9 +315,6 @@ def _with_handlers(config: Settings, command: Callable[[], Coroutine[Any, Any, T
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
 
-
-#: Seconds between a backfill's progress lines.
-PROGRESS_INTERVAL = 5.0
 
 
 def main() -> None:

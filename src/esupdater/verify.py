@@ -27,6 +27,7 @@ from elasticsearch.helpers import async_scan
 from esupdater.backfill import BackfillError, connect_reader
 from esupdater.change import BACKFILL_VERSION, Change
 from esupdater.clients import make_elasticsearch
+from esupdater.progress import NoProgress, TableProgress
 from esupdater.routing import Registry
 from esupdater.settings import Settings
 from esupdater.table_reader import TableReader, TableShape
@@ -114,13 +115,15 @@ class Expected:
 
 
 async def _expected(
-    shape: TableShape, reader: TableReader, registry: Registry, *, sample: int | None
+    shape: TableShape, reader: TableReader, registry: Registry, *, sample: int | None,
+    progress: TableProgress,
 ) -> Expected:
     sink = MemorySink()
     found = Expected(documents=sink.documents)
     if sample is None:
         async for chunk in reader.chunks(shape, chunk_size=READ_CHUNK):
             await _run(chunk.changes, registry, sink, found)
+            progress.update(shape.name, found.rows, "read through the handlers")
     else:
         await _run(await reader.sample(shape, sample), registry, sink, found)
     return found
@@ -227,6 +230,7 @@ async def verify(
     *,
     sample: int | None = None,
     repair: bool = False,
+    progress: TableProgress | None = None,
 ) -> list[VerifyReport]:
     """Verify (and repair) every table `pattern` names; one report per table."""
     es = make_elasticsearch(settings.elasticsearch, exact_reads=True)
@@ -239,8 +243,9 @@ async def verify(
             reports = []
             for database, table in tables:
                 shape = await reader.describe(database, table)
-                reports.append(await _verify_table(es, reader, registry, shape,
-                                                   sample=sample, repair=repair))
+                reports.append(await _verify_table(es, reader, registry, shape, sample=sample,
+                                                   repair=repair,
+                                                   progress=progress or NoProgress()))
             return reports
     finally:
         await es.close()
@@ -254,9 +259,13 @@ async def _verify_table(
     *,
     sample: int | None,
     repair: bool,
+    progress: TableProgress,
 ) -> VerifyReport:
     report = VerifyReport(shape.name)
-    found = await _expected(shape, reader, registry, sample=sample)
+    total = sample if sample is not None else await reader.estimate_rows(shape)
+    progress.begin(shape.name, total)
+    found = await _expected(shape, reader, registry, sample=sample, progress=progress)
+    progress.update(shape.name, found.rows, "comparing with the index")
     report.rows, expected = found.rows, found.documents
     report.expected = sum(len(docs) for docs in expected.values())
     await _refresh(es, expected)
@@ -268,12 +277,14 @@ async def _verify_table(
     if repair and report.differences:
         still: dict[str, dict[str, Document]] = {}
         if orphans:  # a second read: an id a new row produces is not an orphan
-            still = (await _expected(shape, reader, registry, sample=None)).documents
+            still = (await _expected(shape, reader, registry, sample=None,
+                                     progress=NoProgress())).documents
 
         async def present(doc: tuple[str, str]) -> bool:
             return await reader.exists(shape, found.sources[doc])
 
         await _repair(es, expected, versions, orphans, still, report, present)
+    progress.end(shape.name)
     return report
 
 

@@ -54,6 +54,8 @@ from tests.integration.test_canal_live import (
     execute,
 )
 from tests.integration.test_table_reader import canal_changes, canal_ends, fill
+from tests.integration.test_verify import all_equal
+from tests.integration.test_verify import summary_of as verify_summary_of
 from tools.local_stack import (
     KAFKA,
     MARIADB,
@@ -293,6 +295,17 @@ async def test_a_backfill_of_a_100000_row_table_into_an_empty_index_writes_every
     again = await service.cli("backfill", f"shop.{table}", "--resume", env=MYSQL_ENV)
     assert again.returncode == 0, again
     assert summary_of(again, table) == Summary(read=0, written=0, kept=0, set_aside=0), again
+    # Not on a terminal, progress came as lines on stderr, with the rows left estimated.
+    assert PROGRESS_LINE.search(ran.stderr), ran
+    # And verify, reading the table through the same handlers, finds the index equal.
+    verified = await service.cli("verify", f"shop.{table}", env=MYSQL_ENV, timeout=180)
+    assert verified.returncode == 0, verified
+    assert verify_summary_of(verified, table) == all_equal(BIG), verified
+
+
+#: A progress line of a backfill that is not on a terminal (esupdater.progress).
+PROGRESS_LINE = re.compile(
+    r"^backfill shop\.\w+: [\d,]+ of ~[\d,]+ rows \(\d+%\), [\d,]+ rows/s", re.MULTILINE)
 
 
 def read_url(url: str) -> bytes:
