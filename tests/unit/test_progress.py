@@ -79,7 +79,8 @@ def test_the_rate_column_counts_rows_per_second() -> None:
         clock[0] = second
         bar.update(task, completed=done)
     speed = bar.tasks[0].speed  # rich's estimate over its recent samples
-    assert speed is not None and speed > 1_000
+    assert speed is not None
+    assert speed > 1_000
     assert RowsPerSecond().render(bar.tasks[0]).plain == f"{speed:,.0f} rows/s"
     idle = bar.add_task("idle", total=1)
     assert RowsPerSecond().render(bar.tasks[idle]).plain == ""
