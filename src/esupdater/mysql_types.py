@@ -14,6 +14,7 @@ source names the record and column.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -57,6 +58,37 @@ def as_float(value: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"not a finite number: {value!r}")
     return number
+
+
+def as_float32(value: str) -> float:
+    """FLOAT: the fewest digits that are the same single-precision float.
+
+    One FLOAT has several spellings: Canal's Java before 19 writes some with a digit too many
+    (`-1.50000005E10` for -1.5E10, JDK-4511638), a table read gives the double it widens to
+    (`-15000000512`). As floats those differ; the shortest spelling is one value for all.
+    """
+    return float(float32_shortest(as_float(value)))
+
+
+def float32_shortest(number: float) -> str:
+    """The shortest decimal text that rounds to the same single-precision float as `number`."""
+    single = _as_single(number)
+    for digits in range(1, _FLOAT32_DIGITS):
+        text = f"{single:.{digits}g}"
+        if _as_single(float(text)) == single:
+            return text
+    return f"{single:.{_FLOAT32_DIGITS}g}"
+
+
+def _as_single(number: float) -> float:
+    value: float = _SINGLE.unpack(_SINGLE.pack(number))[0]
+    return value
+
+
+#: A single-precision float, packed and unpacked to round a double to it.
+_SINGLE = struct.Struct("<f")
+#: Significant digits that always give a single-precision float back.
+_FLOAT32_DIGITS = 9
 
 
 def as_datetime(value: str) -> str | None:
@@ -146,7 +178,8 @@ _BY_BASE: dict[str, Converter] = {
         as_int,
     ),
     **dict.fromkeys(("decimal", "numeric", "dec", "fixed"), as_decimal),
-    **dict.fromkeys(("float", "double", "real"), as_float),
+    "float": as_float32,
+    **dict.fromkeys(("double", "real"), as_float),
     "datetime": as_datetime,
     "timestamp": as_datetime,
     "date": as_date,

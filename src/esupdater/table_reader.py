@@ -42,7 +42,6 @@ import contextlib
 import fnmatch
 import logging
 import ssl
-import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +53,13 @@ from asyncmy.converters import conversions
 
 from esupdater.change import Change, Position
 from esupdater.errors import EsupdaterError
-from esupdater.mysql_types import Converter, as_text, base_type, converter_for
+from esupdater.mysql_types import (
+    Converter,
+    as_text,
+    base_type,
+    converter_for,
+    float32_shortest,
+)
 from esupdater.settings import MySQLSettings
 
 log = logging.getLogger(__name__)
@@ -228,17 +233,8 @@ def _is_float(column_type: str) -> bool:
 
 def float32_text(text: str) -> str:
     """A FLOAT read as a DOUBLE (`3.3333332538604736`) -> the fewest digits that are the same
-    single-precision float (`3.3333333`), as Canal (Java's Float.toString) writes it."""
-    single = struct.unpack("<f", struct.pack("<f", float(text)))[0]
-    for digits in range(1, _FLOAT32_DIGITS):
-        shortest = f"{single:.{digits}g}"
-        if struct.unpack("<f", struct.pack("<f", float(shortest)))[0] == single:
-            return shortest
-    return f"{single:.{_FLOAT32_DIGITS}g}"
-
-
-#: Significant digits that always give a single-precision float back.
-_FLOAT32_DIGITS = 9
+    single-precision float (`3.3333333`), the spelling its value gets (`as_float32`)."""
+    return float32_shortest(float(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,18 @@ COLUMNS = """
     at DATETIME NULL, flag TINYINT(1) NULL, note VARCHAR(64) NULL
 """
 EPOCH = datetime(2024, 1, 1)
+#: The columns `table_documents` compares itself; `esupdater verify` compares the others too.
+BASE_COLUMNS = ("id", "name", "qty", "price", "at", "flag", "note")
+#: The race's table adds every other documented type (README, "Values in row"; the same list
+#: as test_table_reader's TYPED). Values stay in what a dynamic mapping takes (a BIGINT
+#: UNSIGNED beyond 2**63 needs an `unsigned_long` mapping, a JSON value one shape per field).
+RACE_COLUMNS = COLUMNS + """,
+    ti TINYINT NULL, mi MEDIUMINT UNSIGNED NULL, big BIGINT UNSIGNED NULL, f FLOAT NULL,
+    d DOUBLE NULL, dt6 DATETIME(6) NULL, ts TIMESTAMP(3) NULL, day DATE NULL, t TIME(6) NULL,
+    yr YEAR NULL, doc JSON NULL, bits BIT(8) NULL, size ENUM('s','m','l') NULL,
+    tags SET('a','b','c') NULL, ch CHAR(4) NULL, txt TEXT NULL, vb VARBINARY(8) NULL,
+    bn BINARY(3) NULL
+"""
 
 SUMMARY = re.compile(
     r"^backfill (?P<table>\S+): (?P<read>\d+) rows read, (?P<written>\d+) written, "
@@ -124,9 +136,15 @@ async def mirroring(
 # -- rows and the documents they should give ---------------------------------------------------
 
 
+class Sql(str):
+    """A value already written as SQL (hex literals, JSON, times)."""
+
+
 def sql_literal(value: Any) -> str:
     if value is None:
         return "NULL"
+    if isinstance(value, Sql):
+        return str(value)
     if isinstance(value, int | Decimal):
         return str(value)
     if isinstance(value, datetime):
@@ -166,9 +184,10 @@ def as_document(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def table_documents(mariadb: pymysql.connections.Connection, table: str) -> dict[str, Any]:
-    """Every row of `table` as the document the mirror should hold for it, by id."""
+    """Every row of `table` as the document the mirror should hold for it, by id (the
+    BASE_COLUMNS only)."""
     with mariadb.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM {table}")
+        cursor.execute(f"SELECT {', '.join(BASE_COLUMNS)} FROM {table}")
         return {str(row["id"]): as_document(row) for row in cursor.fetchall()}
 
 
@@ -370,7 +389,11 @@ CHUNK = 200
 #: The seeds the suite runs (each one ~17 s); more locally with, say,
 #: `ESUPDATER_TEST_BACKFILL_SEEDS=11,12,13,14,15 pytest ... -k stream_together`.
 SEEDS = [int(seed) for seed in
-         os.environ.get("ESUPDATER_TEST_BACKFILL_SEEDS", "11,12").split(",")]
+         os.environ.get("ESUPDATER_TEST_BACKFILL_SEEDS", "11,12,13,14,15").split(",")]
+#: The race once more with the backfill SIGKILLed midway and resumed (`--resume`).
+KILLED_SEED = 16
+RACES = [pytest.param(seed, False, id=f"seed{seed}") for seed in SEEDS] + [
+    pytest.param(KILLED_SEED, True, id=f"seed{KILLED_SEED}-killed-and-resumed")]
 
 
 class Hot:
@@ -401,7 +424,53 @@ def random_values(rng: random.Random, id_: int) -> dict[str, Any]:
         "at": None if rng.random() < 0.1 else EPOCH + timedelta(seconds=rng.randrange(10**8)),
         "flag": None if rng.random() < 0.1 else rng.randrange(2),
         "note": None if rng.random() < 0.3 else f"note {rng.randrange(10**6)}",
+        **{name: None if rng.random() < 0.1 else typed(rng) for name, typed in TYPED.items()},
     }
+
+
+def _hex(data: bytes) -> Sql:
+    return Sql(f"X'{data.hex()}'" if data else "''")
+
+
+def _time(rng: random.Random) -> Sql:
+    sign, micros = rng.choice(["", "-"]), rng.randrange(839 * 3600 * 10**6)
+    seconds, fraction = divmod(micros, 10**6)
+    return Sql(f"'{sign}{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+               f".{fraction:06d}'")
+
+
+def _timestamp(rng: random.Random) -> Sql:
+    at = datetime(2001, 1, 1) + timedelta(milliseconds=rng.randrange(10**12))  # to 2032
+    return Sql(f"'{at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d}'")
+
+
+def _json(rng: random.Random) -> Sql:
+    doc = {"n": rng.randrange(-(10**9), 10**9), "s": f"Zoë {rng.randrange(100)}",
+           "l": [rng.randrange(100) for _ in range(rng.randrange(4))]}
+    return Sql("'" + orjson.dumps(doc).decode().replace("'", "''") + "'")
+
+
+#: A random value of each RACE_COLUMNS column beyond BASE_COLUMNS.
+TYPED: dict[str, Callable[[random.Random], Any]] = {
+    "ti": lambda rng: rng.randrange(-128, 128),
+    "mi": lambda rng: rng.randrange(2**24),
+    "big": lambda rng: rng.choice([0, 2**63 - 1, rng.randrange(2**63)]),
+    "f": lambda rng: Sql(repr(rng.choice([0.25, -1.5e10, 3.3333333, rng.uniform(-1e4, 1e4)]))),
+    "d": lambda rng: Sql(repr(rng.choice([0.1, 1.5e30, rng.uniform(-1e12, 1e12)]))),
+    "dt6": lambda rng: Sql(f"'{EPOCH + timedelta(microseconds=rng.randrange(10**15))}'"),
+    "ts": _timestamp,
+    "day": lambda rng: Sql(f"'{EPOCH + timedelta(days=rng.randrange(-10**5, 10**5)):%Y-%m-%d}'"),
+    "t": _time,
+    "yr": lambda rng: rng.randrange(1901, 2156),
+    "doc": _json,
+    "bits": lambda rng: rng.randrange(256),
+    "size": lambda rng: rng.choice(["s", "m", "l"]),
+    "tags": lambda rng: ",".join(m for m in "abc" if rng.random() < 0.5),
+    "ch": lambda rng: rng.choice(["", "ab", "Zoë", "abcd"]),
+    "txt": lambda rng: "long text ☕ 🚀 " * rng.randrange(5),
+    "vb": lambda rng: _hex(rng.randbytes(rng.randrange(9))),
+    "bn": lambda rng: _hex(rng.randbytes(3)),
+}
 
 
 def random_workload(table: str, seed: int, seconds: float, hot: Hot) -> Counter[str]:
@@ -420,9 +489,9 @@ def random_workload(table: str, seed: int, seconds: float, hot: Hot) -> Counter[
 
     def upsert(ids: Iterable[int]) -> str:
         rows = ", ".join(values_sql(random_values(rng, i)) for i in ids)
+        columns = [*BASE_COLUMNS[1:], *TYPED]
         return (f"INSERT INTO {table} VALUES {rows} ON DUPLICATE KEY UPDATE "
-                "name = VALUES(name), qty = VALUES(qty), price = VALUES(price), "
-                "at = VALUES(at), flag = VALUES(flag), note = VALUES(note)")
+                + ", ".join(f"{c} = VALUES({c})" for c in columns))
 
     def statement() -> tuple[str, str]:
         kind = rng.choices(
@@ -568,7 +637,9 @@ async def differences(
     es: AsyncElasticsearch, mariadb: pymysql.connections.Connection, table: str, index: str
 ) -> dict[str, tuple[Any, Any]]:
     """(document, row as a document) for each id where the index and the table differ."""
-    docs, rows = await documents(es, index), table_documents(mariadb, table)
+    docs = {id_: {name: doc.get(name) for name in BASE_COLUMNS}
+            for id_, doc in (await documents(es, index)).items()}
+    rows = table_documents(mariadb, table)
     return {id_: (docs.get(id_), rows.get(id_)) for id_ in sorted(set(docs) | set(rows), key=int)
             if docs.get(id_) != rows.get(id_)}
 
@@ -588,20 +659,22 @@ async def explained(
     return "\n".join([*lines, str(backfill)])
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("seed", "killed"), RACES)
 async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
-    seed: int, new_service: ServiceFactory, es: AsyncElasticsearch,
+    seed: int, killed: bool, new_service: ServiceFactory, es: AsyncElasticsearch,
     mariadb: pymysql.connections.Connection, new_table: TableFactory,
     spawn_backfill: BackfillFactory,
 ) -> None:
     """3,000 rows are in the table before the stream is followed, so only the backfill brings
     them; then `run`, a random workload and the backfill go at once. Whatever the
-    interleaving, once both are done and the stream is caught up, the index is the table.
+    interleaving, once both are done and the stream is caught up, the index is the table,
+    by this test's own comparison and by `esupdater verify` (every documented type). With
+    `killed`, the backfill is SIGKILLed midway and `--resume`d while the workload goes on.
 
     It tells a wrong backfill apart: one that writes unversioned fails it (stale snapshot
     rows over newer streamed ones, some 200 ids) and so does one that `create`s only the
     missing ids (rows the stream deleted brought back, some 20 ids)."""
-    table = new_table(COLUMNS)
+    table = new_table(RACE_COLUMNS)
     start = await canal_ends()
     rng = random.Random(seed)
     fill(mariadb, table, [values_sql(random_values(rng, i)) for i in range(PREFILL)])
@@ -617,9 +690,16 @@ async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
     workload = asyncio.create_task(
         asyncio.to_thread(random_workload, table, seed, WORKLOAD_SECONDS, hot))
     await asyncio.sleep(START_BACKFILL_AFTER)
-    process = await spawn_backfill(service, f"shop.{table}", "--chunk", str(CHUNK),
-                                   "--rate", str(RATE))
+    backfill_args = (f"shop.{table}", "--chunk", str(CHUNK), "--rate", str(RATE))
+    process = await spawn_backfill(service, *backfill_args)
     hot.started = True
+    if killed:
+        await eventually(lambda: past_key(hot.checkpoint, PREFILL // 3), timeout=30,
+                         what=f"a checkpoint past key {PREFILL // 3} in {hot.checkpoint}")
+        process.kill()
+        assert (await process.finish()).returncode == -signal.SIGKILL
+        process = await spawn_backfill(service, *backfill_args, "--resume")
+        resumed_at = time.monotonic()
     backfilled = await process.finish(timeout=90)
     backfill_ended = time.monotonic()
     ran = await workload
@@ -645,6 +725,14 @@ async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
         await eventually(caught_up, timeout=ARRIVAL_TIMEOUT, service=service,
                          what=f"group {service.group} past {published} on {CANAL_TOPIC}")
         assert await equal()
+        # verify agrees, over every column: each streamed document (typed from Canal's
+        # message) equals what the row, read from the table, gives through the handler.
+        # (Without the backfill's write delay: verify runs the rows one by one.)
+        service.write_handlers("table_mirror", {"table": table, "backfill_delay": 0})
+        verified = await service.cli("verify", f"shop.{table}", env=MYSQL_ENV, timeout=120)
+        rows = len(table_documents(mariadb, table))
+        assert (verified.returncode, verify_summary_of(verified, table)) == (
+            0, all_equal(rows)), verified
     except AssertionError as exc:
         differ = await differences(es, mariadb, table, service.index)
         raise AssertionError(
@@ -659,8 +747,11 @@ async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
     assert 0 in (await versions(es, service.index)).values()
     # The overlap happened: the backfill ended while the workload still ran, and it found
     # rows the stream had written or deleted first.
-    assert backfill_ended < workload_ended - 0.5, (ran, backfilled)
-    assert summary.kept > 0, backfilled
+    if killed:  # the resumed run started, at least, while the workload went on
+        assert resumed_at < workload_ended - 0.5, (ran, backfilled)
+    else:
+        assert backfill_ended < workload_ended - 0.5, (ran, backfilled)
+        assert summary.kept > 0, backfilled
     assert sum(n for kind, n in ran.items() if "transactions" not in kind) > 500, ran
     # The same handler got backfilled INSERTs in the backfill, streamed changes in `run`.
     assert service.proc is not None
@@ -668,8 +759,18 @@ async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
     assert seen.pop(service.proc.pid) <= {("INSERT", "False", "binlog"),
                                           ("UPDATE", "False", "binlog"),
                                           ("DELETE", "False", "binlog")}, seen
-    assert list(seen.values()) == [{("INSERT", "True", "table")}], seen
+    # The others (backfill, its resumed run, verify) got backfilled INSERTs only.
+    assert seen, "no backfill process handled a row"
+    assert all(kinds == {("INSERT", "True", "table")} for kinds in seen.values()), seen
     assert len(table_documents(mariadb, table)) > PREFILL // 2  # rows were left to compare
+
+
+async def past_key(checkpoint: Path, key: int) -> bool:
+    """Whether the backfill checkpointed a key at or past `key` (written by rename: whole)."""
+    if not checkpoint.is_file():  # noqa: ASYNC240 - a few bytes of a local file
+        return False
+    after = orjson.loads(checkpoint.read_bytes())["after"]  # noqa: ASYNC240
+    return after is not None and after[0] >= key
 
 
 # -- 3. a killed backfill resumes ----------------------------------------------------------------
