@@ -277,7 +277,8 @@ def verify(
     pattern: Annotated[str, typer.Argument(help="database.table; * and ? globs.")],
     settings: SettingsOption = None,
     sample: Annotated[
-        int | None, typer.Option(min=1, help="Check N random rows only (no orphan scan).")
+        int | None,
+        typer.Option(min=1, help="Check N random rows of each table only (no orphan scan)."),
     ] = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Write what differs and delete orphans.")
@@ -285,6 +286,9 @@ def verify(
     show: Annotated[int, typer.Option(min=0, help="Differences printed at most.")] = 10,
 ) -> None:
     """Compare tables with the index through the handlers; exit 1 when they differ.
+
+    The tables a glob names are compared together (shards that write one index): one
+    summary line for all of them.
 
     With --repair, write the documents that are missing or different and delete those no
     row produces, each only if the stream has not written it meanwhile; exit 0 once all

@@ -107,36 +107,41 @@ def first_difference(expected: Document, found: Document) -> str:
 
 @dataclass
 class Expected:
-    """The documents the rows produce, by index and id, and the row each came from."""
+    """The documents the rows of one or more tables produce, by index and id, and the row
+    (with its table) each came from."""
 
     rows: int = 0
     documents: dict[str, dict[str, Document]] = field(default_factory=dict)
-    sources: dict[tuple[str, str], Change] = field(default_factory=dict)
+    sources: dict[tuple[str, str], tuple[TableShape, Change]] = field(default_factory=dict)
 
 
 async def _expected(
-    shape: TableShape, reader: TableReader, registry: Registry, *, sample: int | None,
-    progress: TableProgress,
+    shapes: list[TableShape], reader: TableReader, registry: Registry, *, sample: int | None,
+    progress: TableProgress, name: str,
 ) -> Expected:
+    """Every table's rows through the handlers into one sink: tables that write one index
+    (shards) are compared, and scanned for orphans, as one."""
     sink = MemorySink()
     found = Expected(documents=sink.documents)
-    if sample is None:
-        async for chunk in reader.chunks(shape, chunk_size=READ_CHUNK):
-            await _run(chunk.changes, registry, sink, found)
-            progress.update(shape.name, found.rows, "read through the handlers")
-    else:
-        await _run(await reader.sample(shape, sample), registry, sink, found)
+    for shape in shapes:
+        if sample is None:
+            async for chunk in reader.chunks(shape, chunk_size=READ_CHUNK):
+                await _run(shape, chunk.changes, registry, sink, found)
+                progress.update(name, found.rows, "read through the handlers")
+        else:
+            await _run(shape, await reader.sample(shape, sample), registry, sink, found)
     return found
 
 
 async def _run(
-    changes: list[Change], registry: Registry, sink: MemorySink, found: Expected
+    shape: TableShape, changes: list[Change], registry: Registry, sink: MemorySink,
+    found: Expected,
 ) -> None:
     for change in changes:
         written = len(sink.actions)
         await apply(change, registry=registry, sink=sink)
         for action in sink.actions[written:]:
-            found.sources[(str(action.get("_index")), str(action.get("_id")))] = change
+            found.sources[(str(action.get("_index")), str(action.get("_id")))] = (shape, change)
     found.rows += len(changes)
 
 
@@ -232,7 +237,8 @@ async def verify(
     repair: bool = False,
     progress: TableProgress | None = None,
 ) -> list[VerifyReport]:
-    """Verify (and repair) every table `pattern` names; one report per table."""
+    """Verify (and repair) the tables `pattern` names, together: one report (tables that
+    write one index, such as shards, each produce only part of it)."""
     es = make_elasticsearch(settings.elasticsearch, exact_reads=True)
     try:
         reader = await connect_reader(settings)
@@ -240,32 +246,30 @@ async def verify(
             tables = await reader.tables(pattern)
             if not tables:
                 raise BackfillError(f"no table matches {pattern!r} on {settings.mysql.host}")
-            reports = []
-            for database, table in tables:
-                shape = await reader.describe(database, table)
-                reports.append(await _verify_table(es, reader, registry, shape, sample=sample,
-                                                   repair=repair,
-                                                   progress=progress or NoProgress()))
-            return reports
+            shapes = [await reader.describe(database, table) for database, table in tables]
+            name = shapes[0].name if len(shapes) == 1 else f"{pattern} ({len(shapes)} tables)"
+            return [await _verify_tables(es, reader, registry, shapes, name, sample=sample,
+                                         repair=repair, progress=progress or NoProgress())]
     finally:
         await es.close()
 
 
-async def _verify_table(
+async def _verify_tables(
     es: AsyncElasticsearch,
     reader: TableReader,
     registry: Registry,
-    shape: TableShape,
+    shapes: list[TableShape],
+    name: str,
     *,
     sample: int | None,
     repair: bool,
     progress: TableProgress,
 ) -> VerifyReport:
-    report = VerifyReport(shape.name)
-    total = sample if sample is not None else await reader.estimate_rows(shape)
-    progress.begin(shape.name, total)
-    found = await _expected(shape, reader, registry, sample=sample, progress=progress)
-    progress.update(shape.name, found.rows, "comparing with the index")
+    report = VerifyReport(name)
+    progress.begin(name, await _total(reader, shapes, sample))
+    found = await _expected(shapes, reader, registry, sample=sample, progress=progress,
+                            name=name)
+    progress.update(name, found.rows, "comparing with the index")
     report.rows, expected = found.rows, found.documents
     report.expected = sum(len(docs) for docs in expected.values())
     await _refresh(es, expected)
@@ -277,15 +281,23 @@ async def _verify_table(
     if repair and report.differences:
         still: dict[str, dict[str, Document]] = {}
         if orphans:  # a second read: an id a new row produces is not an orphan
-            still = (await _expected(shape, reader, registry, sample=None,
-                                     progress=NoProgress())).documents
+            still = (await _expected(shapes, reader, registry, sample=None,
+                                     progress=NoProgress(), name=name)).documents
 
         async def present(doc: tuple[str, str]) -> bool:
-            return await reader.exists(shape, found.sources[doc])
+            return await reader.exists(*found.sources[doc])
 
         await _repair(es, expected, versions, orphans, still, report, present)
-    progress.end(shape.name)
+    progress.end(name)
     return report
+
+
+async def _total(reader: TableReader, shapes: list[TableShape], sample: int | None) -> int | None:
+    """The rows the tables will give, estimated (None if the server cannot say for one)."""
+    if sample is not None:
+        return sample * len(shapes)
+    estimates = [await reader.estimate_rows(shape) for shape in shapes]
+    return None if None in estimates else sum(e or 0 for e in estimates)
 
 
 async def _refresh(es: AsyncElasticsearch, expected: Iterable[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,7 +48,8 @@ EPOCH = datetime(2024, 2, 29, 23, 59, 58)
 ORPHAN_ID = "999999"
 
 SUMMARY = re.compile(
-    r"^verify (?P<table>\S+): (?P<rows>\d+) rows, (?P<expected>\d+) documents expected, "
+    r"^verify (?P<table>\S+(?: \(\d+ tables\))?): (?P<rows>\d+) rows, "
+    r"(?P<expected>\d+) documents expected, "
     r"(?P<equal>\d+) equal, (?P<missing>\d+) missing, (?P<different>\d+) different, "
     r"(?P<orphans>\d+) orphans$",
     re.MULTILINE,
@@ -420,3 +422,32 @@ async def test_repair_leaves_what_the_stream_wrote_after_verify_read_it(
         rows=200, expected=200, equal=198, missing=1, different=1, orphans=1), str(ran)
     assert [m.groups() for m in REPAIRED.finditer(ran.stdout)] == [("0", "0")], str(ran)
     assert {id: await source(es, index, id) for id in streamed} == streamed
+
+
+async def test_a_glob_over_shards_of_one_index_verifies_them_together_without_false_orphans(
+    new_service: ServiceFactory, new_table: TableFactory,
+    mariadb: pymysql.connections.Connection, es: AsyncElasticsearch,
+) -> None:
+    """Two shard tables write one index: each one's documents are the other's "orphans"
+    only if verify scans the index per table. One pattern, one comparison."""
+    family = f"quiet_{uuid.uuid4().hex[:6]}_"
+    shards = [new_table(COLUMNS, prefix=family) for _ in range(2)]
+    rows = table_rows(300)
+    fill(mariadb, shards[0], rows[::2])
+    fill(mariadb, shards[1], rows[1::2])
+    service = await new_service("table_mirror", params={"table": f"{family}*"},
+                                settings=settings())
+    ran = await esupdater(service, "backfill", f"shop.{family}*")
+    assert ran.returncode == 0, str(ran)
+    await es.index(index=service.index, id=ORPHAN_ID, document={"id": int(ORPHAN_ID)},
+                   refresh=True)
+
+    found = await esupdater(service, "verify", f"shop.{family}*")
+
+    assert found.returncode == 1, str(found)
+    assert differences(found) == [f"orphan {service.index}/{ORPHAN_ID}"], str(found)
+    assert summary_of(found, f"{family}* (2 tables)") == Summary(
+        rows=300, expected=300, equal=300, missing=0, different=0, orphans=1), str(found)
+    repaired = await esupdater(service, "verify", f"shop.{family}*", "--repair")
+    assert repaired.returncode == 0, str(repaired)
+    assert await doc_count(es, service.index) == 300
