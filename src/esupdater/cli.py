@@ -38,8 +38,18 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """Wrapped to the width of a terminal; piped, one message stays one line (a script or a
+    log reads it, and a value cut at column 80 reads as two)."""
+    console = Console(stderr=stderr)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
 
 SettingsOption = Annotated[
     Path | None,

@@ -7,6 +7,7 @@ from (file and dotted key, or env var) so the user can fix it without reading a 
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 import orjson
 import pydantic_settings
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -248,10 +250,18 @@ class RuntimeSettings(_Section):
         return _not_above(self, "drain_timeout_seconds", "stop_timeout_seconds")
 
 
+def _package_name(value: str) -> str:
+    if not all(part.isidentifier() for part in value.split(".")):
+        raise ValueError(
+            "not an importable package name: dotted Python identifiers (letters, digits and "
+            '_, not starting with a digit), like "handlers" or "myapp.handlers"')
+    return value
+
+
 class HandlersSettings(_Section):
     """Where the user's handlers live."""
 
-    package: str = Field(default="handlers", pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+    package: Annotated[str, AfterValidator(_package_name)] = "handlers"
 
 
 class DeadLetterSettings(_Section):
@@ -519,6 +529,9 @@ def load_settings(path: Path | None = None) -> Settings:
     if path is not None and not path.is_file():
         raise SettingsError(f"{path}: settings file not found")
     toml_path = DEFAULT_PATH if path is None else path
+    unknown = unknown_env_vars()
+    if unknown:
+        raise SettingsError("\n".join(unknown))
     token = _toml_path.set(toml_path)
     try:
         return Settings()
@@ -543,6 +556,9 @@ def _describe_one(error: ErrorDetails, toml_path: Path, renamed: list[Renamed]) 
         where, key = old.where, f"{'.'.join(old.old)} (now {key})"
     if error["type"] == "extra_forbidden":
         reason = "unknown section" if len(loc) == 1 else "unknown key"
+        nearest = _nearest_key(loc, from_env=where.startswith("env "))
+        if nearest:
+            reason += f" (did you mean {nearest}?)"
         moved = [f"{'.'.join(o)} is now {'.'.join(n)}" for o, n in RENAMED_KEYS.items()
                  if len(loc) == 1 and o[0] == loc[0] and o[0] in removed_sections()]
         if moved:
@@ -553,6 +569,63 @@ def _describe_one(error: ErrorDetails, toml_path: Path, renamed: list[Renamed]) 
         if not secret and isinstance(error.get("input"), str | int | float | bool):
             reason += f" (got {orjson.dumps(error['input']).decode()})"
     return f"{where}: {key}: {reason}"
+
+
+def _nearest_key(loc: tuple[str, ...], *, from_env: bool) -> str | None:
+    """The known section or key closest to a misspelt one, as the user would write it."""
+    if len(loc) == 1:
+        found = difflib.get_close_matches(loc[0], list(Settings.model_fields), n=1)
+        if not found:
+            return None
+        return env_var_name((found[0],)) if from_env else f"[{found[0]}]"
+    section = Settings.model_fields.get(loc[0])
+    model = section.annotation if section is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    found = difflib.get_close_matches(loc[1], list(model.model_fields), n=1)
+    if not found:
+        return None
+    return env_var_name((loc[0], found[0])) if from_env else found[0]
+
+
+def known_env_vars() -> set[str]:
+    """Every ESUPDATER_* name esupdater reads: each section (JSON), each key, the old names
+    of renamed keys, and the settings file's path."""
+    names = {f"{ENV_PREFIX}SETTINGS"}
+    for section, field in Settings.model_fields.items():
+        names.add(env_var_name((section,)))
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names.update(env_var_name((section, key)) for key in model.model_fields)
+    for old in RENAMED_KEYS:
+        names.update({env_var_name(old[:1]), env_var_name(old)})
+    return names
+
+
+#: Variables of the test suite and the local stack (tools/local_stack.py), not settings.
+_TEST_PREFIX = f"{ENV_PREFIX}TEST_"
+
+
+def unknown_env_vars() -> list[str]:
+    """One problem per ESUPDATER_* variable that sets nothing (a typo would otherwise be
+    ignored while `check` says the settings are fine), with the name meant if one is close."""
+    known = known_env_vars()
+    # SECTION__KEY of a known section: the settings' own check names the dotted key.
+    sections = tuple(env_var_name((section,)) + ENV_DELIMITER for section in Settings.model_fields)
+    problems = []
+    for name in sorted(_upper_environ()):
+        if (not name.startswith(ENV_PREFIX) or name in known or name.startswith(_TEST_PREFIX)
+                or name.startswith(sections)):
+            continue
+        nearest = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        if nearest:
+            hint = f"did you mean {nearest[0]}?"
+            if name.replace(ENV_DELIMITER, "_") == nearest[0].replace(ENV_DELIMITER, "_"):
+                hint += " a section and its key are joined by two underscores"
+        else:
+            hint = "settings are ESUPDATER_<SECTION>__<KEY>, e.g. ESUPDATER_KAFKA__GROUP_ID"
+        problems.append(f"env {name}: not a setting ({hint})")
+    return problems
 
 
 def _old_name(loc: tuple[str, ...], renamed: list[Renamed]) -> Renamed | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,19 @@ def test_check_without_a_settings_file_says_the_defaults_are_in_use(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["check"])
     assert "no settings.toml here: the defaults" in " ".join(result.output.split()), result.output
+
+
+def test_piped_messages_are_neither_wrapped_nor_stripped_of_brackets(tmp_path: Path) -> None:
+    """`check` where no handler package exists: the message names `[handlers] package` (rich
+    would take the brackets for markup) on one line (rich would wrap it at 80 columns)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ESUPDATER_") and k != "COLUMNS"}
+    ran = subprocess.run([sys.executable, "-m", "esupdater", "check"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 2, ran
+    lines = [line for line in ran.stderr.splitlines() if "not found" in line]
+    assert len(lines) == 1, ran.stderr
+    assert lines[0].startswith("handlers: handler package 'handlers' not found from "), lines
+    assert lines[0].endswith("create handlers/__init__.py there, or point [handlers] package "
+                             "(ESUPDATER_HANDLERS__PACKAGE) at the package holding your @on "
+                             "handlers"), lines

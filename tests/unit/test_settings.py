@@ -111,13 +111,15 @@ def test_unknown_key_names_file_and_dotted_key(isolated: Path) -> None:
     write(isolated / "settings.toml", '[kafka]\ngroup_idd = "x"\n')
     with pytest.raises(SettingsError) as err:
         load_settings()
-    assert str(err.value) == "settings.toml: kafka.group_idd: unknown key"
+    assert str(err.value) == ("settings.toml: kafka.group_idd: unknown key "
+                              "(did you mean group_id?)")
     assert isinstance(err.value, EsupdaterError)
 
 
 def test_unknown_section_is_an_error(isolated: Path) -> None:
     path = write(isolated / "s.toml", "[kafak]\ngroup_id = 'x'\n")
-    with pytest.raises(SettingsError, match=r"^.*s\.toml: kafak: unknown section$"):
+    with pytest.raises(SettingsError,
+                       match=r"^.*s\.toml: kafak: unknown section \(did you mean \[kafka\]\?\)$"):
         load_settings(path)
 
 
