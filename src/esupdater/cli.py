@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -62,6 +63,20 @@ SettingsOption = Annotated[
 #: Exit status for configuration esupdater cannot work with (what and where is printed).
 EXIT_CONFIG = 2
 
+TracebackOption = Annotated[
+    bool,
+    typer.Option("--traceback", help="On an error in a handler module, show its traceback."),
+]
+
+
+def _config_error(prefix: str, exc: BaseException, show_traceback: bool) -> None:
+    """One line naming what is wrong and where; the cause's traceback when asked for."""
+    if show_traceback and exc.__cause__ is not None:
+        cause = exc.__cause__
+        err.print("".join(traceback.format_exception(cause)).rstrip(), markup=False,
+                  highlight=False)
+    err.print(f"[red]{escape(prefix + str(exc))}[/red]", highlight=False)
+
 
 class _BeforeCommand:
     """Options given before the command name (one invocation per process)."""
@@ -109,7 +124,7 @@ def main_options(
 
 
 @app.command()
-def run(settings: SettingsOption = None) -> None:
+def run(settings: SettingsOption = None, show_traceback: TracebackOption = False) -> None:
     """Consume and apply changes until `esupdater stop`, SIGTERM or SIGINT (blocks)."""
     from esupdater.service import serve  # the heavy imports only where they are needed
 
@@ -118,7 +133,7 @@ def run(settings: SettingsOption = None) -> None:
     try:
         bounded_exit.run(serve(config))
     except ConfigError as exc:
-        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
+        _config_error("esupdater: ", exc, show_traceback)
         raise typer.Exit(EXIT_CONFIG) from None
     except EsupdaterError as exc:  # already running
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
@@ -194,7 +209,7 @@ def _shown(spec: Spec, value: Any) -> str:
 
 
 @app.command()
-def check(settings: SettingsOption = None) -> None:
+def check(settings: SettingsOption = None, show_traceback: TracebackOption = False) -> None:
     """Validate the settings, import the handlers and print the route table."""
     config = _settings(settings)
     if settings is None and _before_command.settings is None and not DEFAULT_PATH.is_file():
@@ -203,7 +218,7 @@ def check(settings: SettingsOption = None) -> None:
     try:
         modules = load_handlers(config.handlers.package, default_registry)
     except EsupdaterError as exc:
-        err.print(f"[red]handlers: {escape(str(exc))}[/red]", highlight=False)
+        _config_error("handlers: ", exc, show_traceback)
         raise typer.Exit(EXIT_CONFIG) from None
     out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}")
     for warning in settings_warnings(config):

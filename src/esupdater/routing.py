@@ -13,9 +13,11 @@ import os
 import pkgutil
 import re
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change
@@ -103,6 +105,7 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     where = f"@on({pattern!r}) on {handler_name(handler)}"
     if not inspect.iscoroutinefunction(handler):
         raise RouteError(f"{where}: a handler must be an `async def` function")
+    _check_signature(handler, where)
     parts = pattern.split(".") if isinstance(pattern, str) else []
     if len(parts) != 2 or not all(parts):
         raise RouteError(
@@ -112,6 +115,21 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     return Route(
         pattern, _check_types(types, where), handler, _compile(parts[0]), _compile(parts[1])
     )
+
+
+def _check_signature(handler: Handler, where: str) -> None:
+    """Refused at registration, not at the first row: a handler is called as (change, ctx)."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise RouteError(
+            f"{where}: a handler takes two arguments, (change, ctx); this one takes "
+            f"({', '.join(signature.parameters)})"
+        ) from None
 
 
 class Registry:
@@ -229,4 +247,27 @@ def _import(name: str, root: str, cwd: str) -> Any:
 
 
 def _import_message(name: str, exc: BaseException) -> str:
-    return f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}"
+    where = _where_raised(exc)
+    at = f" ({where})" if where else ""
+    return f"cannot import handler module {name!r}{at}: {type(exc).__name__}: {exc}"
+
+
+def _where_raised(exc: BaseException) -> str | None:
+    """`handlers/users.py, line 3`: the last line of the user's own code in the traceback
+    (or the line a SyntaxError points at); paths relative to the working directory."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{_shown_path(exc.filename)}, line {exc.lineno}"
+    cwd = os.getcwd()
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.startswith(cwd + os.sep) and not filename.startswith(sys.prefix):
+            found = f"{_shown_path(filename)}, line {line}"
+    return found
+
+
+def _shown_path(filename: str) -> str:
+    try:
+        return str(Path(filename).relative_to(os.getcwd()))
+    except ValueError:
+        return filename
