@@ -216,11 +216,12 @@ def check(settings: SettingsOption = None, show_traceback: TracebackOption = Fal
         out.print(f"no {DEFAULT_PATH} here: the defaults (and any ESUPDATER_* variables) are "
                   "in use", highlight=False)
     try:
-        modules = load_handlers(config.handlers.package, default_registry)
+        modules = load_handlers(config.handlers.package, default_registry, config.folder)
     except EsupdaterError as exc:
         _config_error("handlers: ", exc, show_traceback)
         raise typer.Exit(EXIT_CONFIG) from None
-    out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}")
+    out.print(f"settings ok; handler modules: {', '.join(modules) or '-'}, from "
+              f"{config.folder}; runtime dir: {config.runtime.dir}", highlight=False)
     for warning in settings_warnings(config):
         err.print(f"[yellow]WARNING: {escape(warning)}[/yellow]", highlight=False)
     table = Table(title="routes", title_justify="left")
@@ -338,7 +339,7 @@ def _with_handlers(config: Settings, command: Callable[[], Coroutine[Any, Any, T
     coroutine run with a bounded exit; a setup error exits 2 with its message."""
     setup_logging(config.log.level, config.log.format)
     try:
-        load_handlers(config.handlers.package, default_registry)
+        load_handlers(config.handlers.package, default_registry, config.folder)
         return bounded_exit.run(command())
     except EsupdaterError as exc:
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)

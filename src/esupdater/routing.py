@@ -199,13 +199,16 @@ def on(pattern: str, *, types: Iterable[str] | None = None) -> Callable[[H], H]:
     return _active.on(pattern, types=types)
 
 
-def load_handlers(package: str, registry: Registry | None = None) -> list[str]:
-    """Import `package` and every module under it so their `@on` decorators register.
+def load_handlers(
+    package: str, registry: Registry | None = None, folder: Path | None = None
+) -> list[str]:
+    """Import `package` from `folder` (the settings file's; default: the working directory)
+    and every module under it, so their `@on` decorators register.
 
     Modules already imported are not executed again (Python caches them).
     """
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    cwd = str(folder) if folder is not None else os.getcwd()
+    if cwd not in sys.path and (folder is not None or "" not in sys.path):
         sys.path.insert(0, cwd)  # the handlers live next to settings.toml, not site-packages
     importlib.invalidate_caches()
     target = default_registry if registry is None else registry
@@ -241,33 +244,32 @@ def _import(name: str, root: str, cwd: str) -> Any:
                 "package holding your @on handlers",
                 root,
             ) from exc
-        raise HandlerImportError(_import_message(name, exc), name) from exc
+        raise HandlerImportError(_import_message(name, exc, cwd), name) from exc
     except Exception as exc:
-        raise HandlerImportError(_import_message(name, exc), name) from exc
+        raise HandlerImportError(_import_message(name, exc, cwd), name) from exc
 
 
-def _import_message(name: str, exc: BaseException) -> str:
-    where = _where_raised(exc)
+def _import_message(name: str, exc: BaseException, folder: str) -> str:
+    where = _where_raised(exc, folder)
     at = f" ({where})" if where else ""
     return f"cannot import handler module {name!r}{at}: {type(exc).__name__}: {exc}"
 
 
-def _where_raised(exc: BaseException) -> str | None:
-    """`handlers/users.py, line 3`: the last line of the user's own code in the traceback
-    (or the line a SyntaxError points at); paths relative to the working directory."""
+def _where_raised(exc: BaseException, folder: str) -> str | None:
+    """`handlers/users.py, line 3`: the last line of the user's own code (under `folder`) in
+    the traceback, or the line a SyntaxError points at; paths relative to `folder`."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{_shown_path(exc.filename)}, line {exc.lineno}"
-    cwd = os.getcwd()
+        return f"{_shown_path(exc.filename, folder)}, line {exc.lineno}"
     found = None
     for frame, line in traceback.walk_tb(exc.__traceback__):
         filename = frame.f_code.co_filename
-        if filename.startswith(cwd + os.sep) and not filename.startswith(sys.prefix):
-            found = f"{_shown_path(filename)}, line {line}"
+        if filename.startswith(folder + os.sep) and not filename.startswith(sys.prefix):
+            found = f"{_shown_path(filename, folder)}, line {line}"
     return found
 
 
-def _shown_path(filename: str) -> str:
+def _shown_path(filename: str, folder: str) -> str:
     try:
-        return str(Path(filename).relative_to(os.getcwd()))
+        return str(Path(filename).relative_to(folder))
     except ValueError:
         return filename

@@ -41,7 +41,7 @@ async def serve(settings: Settings, registry: Registry | None = None) -> None:
     with PidFile(runtime_dir):
         write_status(runtime_dir, "start")
         if registry is default_registry:
-            load_handlers(settings.handlers.package, registry)
+            load_handlers(settings.handlers.package, registry, settings.folder)
         if not registry.routes:  # as `esupdater check` refuses it
             raise ConfigError(no_handlers_message(settings.handlers.package))
         for warning in settings_warnings(settings):

@@ -411,6 +411,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
 
     _renamed: tuple[Renamed, ...] = PrivateAttr(default=())
+    _folder: Path = PrivateAttr(default_factory=Path.cwd)
 
     @classmethod
     def settings_customise_sources(
@@ -445,6 +446,12 @@ class Settings(BaseSettings):
     def model_post_init(self, context: Any, /) -> None:
         self._renamed = tuple(_renamed.get([]))
         _renamed.set([])
+
+    @property
+    def folder(self) -> Path:
+        """The settings file's folder (the working directory without a file): where a
+        relative `runtime.dir` and the handler package are found, wherever esupdater runs."""
+        return self._folder
 
     @property
     def renamed(self) -> tuple[Renamed, ...]:
@@ -534,13 +541,23 @@ def load_settings(path: Path | None = None) -> Settings:
         raise SettingsError("\n".join(unknown))
     token = _toml_path.set(toml_path)
     try:
-        return Settings()
+        return _anchored(Settings(), toml_path.absolute().parent)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, toml_path, _renamed.get([]))) from None
     except pydantic_settings.SettingsError as exc:  # an env var that is not valid JSON
         raise SettingsError(f"environment: {exc}") from exc
     finally:
         _toml_path.reset(token)
+
+
+def _anchored(settings: Settings, folder: Path) -> Settings:
+    """Relative paths read from the settings' folder: `esupdater -s /srv/sync/settings.toml`
+    finds /srv/sync/runtime from any working directory, as `stop` and `status` must."""
+    if not settings.runtime.dir.is_absolute() and folder != Path.cwd():
+        runtime = settings.runtime.model_copy(update={"dir": folder / settings.runtime.dir})
+        settings = settings.model_copy(update={"runtime": runtime})
+    settings._folder = folder
+    return settings
 
 
 def _describe(exc: ValidationError, toml_path: Path, renamed: list[Renamed]) -> str:

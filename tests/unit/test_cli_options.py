@@ -46,3 +46,30 @@ def test_piped_messages_are_neither_wrapped_nor_stripped_of_brackets(tmp_path: P
     assert lines[0].endswith("create handlers/__init__.py there, or point [handlers] package "
                              "(ESUPDATER_HANDLERS__PACKAGE) at the package holding your @on "
                              "handlers"), lines
+
+
+def test_a_settings_file_elsewhere_finds_its_handlers_and_runtime_beside_it(
+    tmp_path: Path,
+) -> None:
+    """`esupdater -s /srv/sync/settings.toml ...` from another directory: the handler package
+    and a relative runtime dir are the settings file's neighbours, and `check` says so."""
+    site = tmp_path / "srv" / "sync"
+    (site / "handlers").mkdir(parents=True)
+    (site / "handlers" / "__init__.py").write_text(
+        "from esupdater import on\n\n\n@on('shop.users')\nasync def h(change, ctx):\n"
+        "    pass\n")
+    (site / "settings.toml").write_text('[runtime]\ndir = "state"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESUPDATER_")}
+
+    def esupdater(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "esupdater", *args], cwd=elsewhere,
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    checked = esupdater("-s", str(site / "settings.toml"), "check")
+    assert checked.returncode == 0, checked
+    assert f"handler modules: handlers, from {site}" in checked.stdout, checked.stdout
+    assert f"runtime dir: {site / 'state'}" in checked.stdout, checked.stdout
+    status = esupdater("status", "-s", str(site / "settings.toml"))
+    assert f"not running (runtime dir {site / 'state'})" in status.stdout, status
