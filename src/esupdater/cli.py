@@ -62,10 +62,14 @@ SettingsOption = Annotated[
 
 #: Exit status for configuration esupdater cannot work with (what and where is printed).
 EXIT_CONFIG = 2
+#: The help's type column of an on/off flag: empty (typer would show `<bool>`, as if the
+#: flag took a value).
+FLAG = ""
 
 TracebackOption = Annotated[
     bool,
-    typer.Option("--traceback", help="On an error in a handler module, show its traceback."),
+    typer.Option("--traceback", metavar=FLAG,
+                 help="On an error in a handler module, show its traceback."),
 ]
 
 
@@ -115,7 +119,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, metavar=FLAG,
+                     help="Print the version."),
     ] = False,
     settings: SettingsOption = None,
 ) -> None:
@@ -275,7 +281,7 @@ def backfill(
         float, typer.Option(min=0, help="At most this many rows per second (0: no limit).")
     ] = 0.0,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue after the last checkpoint.")
+        bool, typer.Option("--resume", metavar=FLAG, help="Continue after the last checkpoint.")
     ] = False,
 ) -> None:
     """Bring a table's existing rows into the index through the handlers, while `run` streams.
@@ -307,7 +313,7 @@ def verify(
         typer.Option(min=1, help="Check N random rows of each table only (no orphan scan)."),
     ] = None,
     repair: Annotated[
-        bool, typer.Option("--repair", help="Write what differs and delete orphans.")
+        bool, typer.Option("--repair", metavar=FLAG, help="Write what differs and delete orphans.")
     ] = False,
     show: Annotated[int, typer.Option(min=0, help="Differences printed at most.")] = 10,
 ) -> None:

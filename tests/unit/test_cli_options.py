@@ -73,3 +73,13 @@ def test_a_settings_file_elsewhere_finds_its_handlers_and_runtime_beside_it(
     assert f"runtime dir: {site / 'state'}" in checked.stdout, checked.stdout
     status = esupdater("status", "-s", str(site / "settings.toml"))
     assert f"not running (runtime dir {site / 'state'})" in status.stdout, status
+
+
+@pytest.mark.parametrize(("command", "flag"), [([], "--version"), (["check"], "--traceback"),
+                                               (["backfill"], "--resume"),
+                                               (["verify"], "--repair")])
+def test_a_flag_is_not_shown_as_taking_a_value(command: list[str], flag: str) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "150"})
+    (line,) = [line for line in result.output.splitlines()
+               if line.lstrip("│ ").startswith(flag)]
+    assert "<bool>" not in line, line
