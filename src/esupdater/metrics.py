@@ -1,4 +1,5 @@
-"""Prometheus `/metrics`, derived from the metrics Stats declares (telemetry.py).
+"""Prometheus `/metrics`, derived from the metrics Stats declares (telemetry.py), and the
+health probes `/healthz` and `/readyz` on the same port (health.py).
 
 prometheus-client collects in its own thread; Stats is counted by the event loop without
 locks. So a scrape never reads Stats itself: it asks the loop for `Stats.snapshot()` and
@@ -11,24 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import socketserver
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import orjson
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
 from esupdater.change import Change
+from esupdater.health import Verdict, liveness, readiness
 from esupdater.routing import Route
 from esupdater.stats import Stats
 from esupdater.telemetry import Kind, Spec, declared, split_labels
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +88,15 @@ class StatsCollector:
         return families(type(self.stats), self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
+        return self.fresh_snapshot()[0]
+
+    def fresh_snapshot(self) -> tuple[dict[str, Any], bool]:
+        """The loop's snapshot, and whether the loop answered (False: the previous one)."""
         if self.loop.is_closed():
-            return self._last
+            return self._last, False
         if threading.get_ident() == self._loop_thread:  # a scrape from the loop itself
             self._last = self.stats.snapshot()
-            return self._last
+            return self._last, True
         future: Future[dict[str, Any]] = Future()
 
         def take() -> None:
@@ -94,12 +107,29 @@ class StatsCollector:
             self.loop.call_soon_threadsafe(take)
             self._last = future.result(SNAPSHOT_TIMEOUT)
         except RuntimeError:  # the loop closed meanwhile: the process is stopping
-            pass
+            return self._last, False
         except TimeoutError:
             future.cancel()
             log.warning("/metrics: the event loop did not answer within %.0fs (blocked?); "
                         "serving the previous snapshot", SNAPSHOT_TIMEOUT)
-        return self._last
+            return self._last, False
+        return self._last, True
+
+    def healthz(self, stall_seconds: float) -> Verdict:
+        snapshot, answered = self.fresh_snapshot()
+        if not answered:
+            return Verdict(False, (f"the event loop did not answer within "
+                                   f"{SNAPSHOT_TIMEOUT:g} s",))
+        return liveness(snapshot.get("stalled_seconds") or {}, stall_seconds)
+
+    def readyz(self) -> Verdict:
+        snapshot, answered = self.fresh_snapshot()
+        verdict = readiness(assigned=int(snapshot.get("assigned_partitions") or 0),
+                            kafka_up=bool(snapshot.get("kafka_up")),
+                            elasticsearch_up=bool(snapshot.get("elasticsearch_up")))
+        if not answered:
+            return Verdict(False, ("the event loop did not answer", *verdict.reasons))
+        return verdict
 
 
 class StatsSensor:
@@ -118,10 +148,49 @@ class StatsSensor:
         self.stats.bulk_request_duration_seconds.observe(seconds)
 
 
-def serve_metrics(host: str, port: int, stats: Stats) -> None:
-    """Start the /metrics endpoint in prometheus-client's own thread, and the sensor that
-    feeds its histograms. Called on the event loop."""
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a probe left hanging never holds the process at exit
+
+
+class _IPv6ThreadingServer(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a probe every few seconds is not news
+
+
+def health_app(
+    collector: StatsCollector, registry: CollectorRegistry, stall_seconds: float
+) -> WSGIApplication:
+    """/healthz and /readyz answer 200 or 503 with their reasons as JSON; everything else
+    is prometheus-client's /metrics."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path not in ("/healthz", "/readyz"):
+            answer: Iterable[bytes] = metrics(environ, start_response)
+            return answer
+        verdict = collector.healthz(stall_seconds) if path == "/healthz" else collector.readyz()
+        body = orjson.dumps(verdict.body())
+        start_response("200 OK" if verdict.ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def serve_metrics(host: str, port: int, stats: Stats, stall_seconds: float = 120.0) -> None:
+    """Start /metrics, /healthz and /readyz in a thread of their own, and the sensor that
+    feeds the histograms. Called on the event loop."""
     stats.sensor = StatsSensor(stats)
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats, asyncio.get_running_loop()))
-    start_http_server(port, addr=host, registry=registry)
+    collector = StatsCollector(stats, asyncio.get_running_loop())
+    registry.register(collector)
+    server_class = _IPv6ThreadingServer if ":" in host else _ThreadingServer
+    server = make_server(host, port, health_app(collector, registry, stall_seconds),
+                         server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="esupdater-http", daemon=True).start()

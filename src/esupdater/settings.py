@@ -276,10 +276,11 @@ class DeadLetterSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    """Prometheus metrics over HTTP (counters, lag, in-flight rows)."""
+    """Prometheus metrics and the health probes over HTTP; when a partition counts as stalled."""
 
     port: int = Field(default=0, ge=0, le=65_535)
     host: str = Field(default="127.0.0.1", min_length=1)
+    stall_seconds: float = Field(default=120.0, gt=0, le=86_400)
 
 
 class LogSettings(_Section):
@@ -289,6 +290,7 @@ class LogSettings(_Section):
         Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
     ] = "INFO"
     format: Literal["text", "json"] = "text"
+    progress_interval_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
 
 class _SecretRefusingTomlSource(TomlConfigSettingsSource):
