@@ -1,10 +1,18 @@
-"""The shared bulk writer: every handler's actions go through one `async_streaming_bulk` pipe.
+"""The shared bulk writer: every handler's actions go through one batching pipe per lane.
 
 Callers `await writer.execute(action)` and get the item's result once Elasticsearch has
 acknowledged it. Actions are spread over `max_in_flight` lanes by (index, id), so two writes
 to one document always travel the same lane, in order; each lane sends one request at a time.
-A lane batches whatever is waiting when it becomes free (up to `chunk_size`, or for at most
-`flush_interval`), so light load gets low latency and heavy load gets big requests.
+While a lane's request is on the wire, what arrives waits; when the lane is free it takes all
+of it (up to `chunk_size` actions and `max_chunk_bytes` bytes), after letting the tasks that
+are still producing finish their turn: it sends as soon as a turn of the event loop adds
+nothing, or after `flush_interval` at most. So light load gets low latency and heavy load
+gets big requests.
+
+Each action is serialised once, as it joins a request, into its NDJSON lines with the
+client's JSON serializer (orjson, Decimal exact: clients.py); the request body is those
+lines, and the answer's items are matched to the actions by place. An action that cannot be
+serialised is refused on its own (`BulkItemError`, status 400) and its batch goes on.
 
 Writes to one document keep their order through retries: a write is not sent while an
 earlier one to the same (index, id) waits to be retried, and a write Elasticsearch applied
@@ -21,13 +29,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from elastic_transport import SerializationError
-from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import BULK_FLUSH, async_streaming_bulk, expand_action
+from elasticsearch import ApiError, AsyncElasticsearch
+from elasticsearch.helpers import expand_action
 
 from esupdater.backoff import Backoff
 from esupdater.errors import BulkItemError, FailureKind, classify, classify_item
@@ -64,8 +72,8 @@ class _Retry(Exception):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
-        # Not this action's failure (a bystander of a bad item, or a write that has to
-        # wait for an earlier one of its document): again without backoff or log.
+        # Not this action's failure (a write that has to wait for an earlier one of its
+        # document): again without backoff or log.
         self.at_once = at_once
 
 
@@ -99,7 +107,48 @@ class _Ticket:
 
 
 _Item = tuple[Action, "asyncio.Future[dict[str, Any]]", _Ticket]
-_STOP = None
+
+#: Action keys that go into the action line (renamed without their underscore where
+#: Elasticsearch's bulk API wants that), as elasticsearch.helpers.expand_action has them.
+_META_KEYS: dict[str, str] = {
+    **{key: key for key in (
+        "_id", "_index", "_percolate", "_timestamp", "_type", "if_seq_no", "if_primary_term",
+        "parent", "pipeline", "retry_on_conflict", "routing", "version", "version_type",
+    )},
+    **{key: key[1:] for key in (
+        "_if_seq_no", "_if_primary_term", "_parent", "_retry_on_conflict", "_routing",
+        "_version", "_version_type",
+    )},
+}  # fmt: skip
+#: Each NDJSON line ends with one.
+_NEWLINE = 1
+
+
+class _Lane:
+    """Actions waiting for one lane's next request, and the lane task's wake-up."""
+
+    __slots__ = ("items", "stopping", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.stopping = False
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Batch:
+    """The actions of one request and their serialised lines, in the same order."""
+
+    __slots__ = ("items", "lines", "size")
+
+    def __init__(self) -> None:
+        self.items: list[_Item] = []
+        self.lines: list[bytes] = []
+        self.size = 0
 
 
 class BulkWriter:
@@ -121,12 +170,11 @@ class BulkWriter:
         # Retries of one item logged as warnings; past that, each one is an error: the
         # index is falling behind. Retries themselves never stop (nothing is dropped).
         self.quiet_retries = quiet_retries
-        self._lanes: list[asyncio.Queue[_Item | None]] = [
-            asyncio.Queue() for _ in range(limits.max_in_flight)
-        ]
+        self._lanes = [_Lane() for _ in range(limits.max_in_flight)]
         self._tasks: list[asyncio.Task[None]] = []
         # Unsettled writes per (index, id), in submission order.
         self._order: dict[tuple[Any, Any], list[_Ticket]] = {}
+        self._dumps = es.transport.serializers.get_serializer("application/json").dumps
 
     async def start(self) -> None:
         self._tasks = [
@@ -137,7 +185,8 @@ class BulkWriter:
     async def close(self) -> None:
         """Send what is queued, then stop the lanes."""
         for lane in self._lanes:
-            lane.put_nowait(_STOP)
+            lane.stopping = True
+            lane.wake()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
@@ -151,6 +200,7 @@ class BulkWriter:
         doc_id = action.get("_id")
         if doc_id is None:  # Elasticsearch picks the id: no other write can target it
             ticket = _Ticket(None)
+            key = None
         else:
             key = (action.get("_index"), doc_id)
             queue = self._order.get(key)
@@ -159,23 +209,40 @@ class BulkWriter:
             ticket = _Ticket(queue)
             queue.append(ticket)
         try:
-            return await self._until_done(action, ticket)
+            try:
+                return await self._queue(action, ticket, key)
+            except _Retry as failure:  # the rare path: retried in order, with backoff
+                return await self._until_done(action, ticket, key, failure)
         finally:
             self._settle(action, ticket)
 
-    async def _until_done(self, action: Action, ticket: _Ticket) -> dict[str, Any]:
+    def _queue(
+        self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None
+    ) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        lanes = self._lanes
+        lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        lane.items.append((action, future, ticket))
+        if lane.waiter is not None:
+            lane.wake()
+        return future
+
+    async def _until_done(
+        self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None, failure: _Retry
+    ) -> dict[str, Any]:
         attempt = 0
         while True:
+            if not failure.at_once:
+                attempt += 1
+                await self._back_off(action, failure, attempt)
+            while (earlier := ticket.behind_failed()) is not None:
+                if earlier.settled is None:
+                    earlier.settled = asyncio.Event()
+                await earlier.settled.wait()
             try:
-                return await self._attempt(action, ticket)
-            except _Retry as failure:
-                if not failure.at_once:
-                    attempt += 1
-                    await self._back_off(action, failure, attempt)
-                while (earlier := ticket.behind_failed()) is not None:
-                    if earlier.settled is None:
-                        earlier.settled = asyncio.Event()
-                    await earlier.settled.wait()
+                return await self._queue(action, ticket, key)
+            except _Retry as again:
+                failure = again
 
     async def _back_off(self, action: Action, failure: _Retry, attempt: int) -> None:
         self.stats.es_retries += 1
@@ -204,52 +271,132 @@ class BulkWriter:
         if ticket.settled is not None:
             ticket.settled.set()
 
-    async def _attempt(self, action: Action, ticket: _Ticket) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        lane = hash((action.get("_index"), action.get("_id"))) % len(self._lanes)
-        self._lanes[lane].put_nowait((action, future, ticket))
-        return await future
+    # -- the lanes -------------------------------------------------------------------------------
 
-    async def _run_lane(self, lane: asyncio.Queue[_Item | None]) -> None:
-        """One long-lived `async_streaming_bulk` per lane; restarted after a failed request."""
-        feed = _LaneFeed(lane, self.limits, self.stats)
-        while not feed.stopping:
-            feed.sent.clear()
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Wait for actions, let the producers finish their turn, send; until closed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not lane.items:
+                if lane.stopping:
+                    return
+                lane.waiter = loop.create_future()
+                try:
+                    await lane.waiter
+                finally:
+                    lane.waiter = None
+                continue
+            if not lane.stopping:
+                await self._settle_in(lane, loop)
+            batch = self._take(lane)
+            if batch.items:
+                await self._send(batch)
+
+    async def _settle_in(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush on idle: wait while each turn of the loop adds actions (the tasks woken by
+        the previous answer are writing their next ones), until a turn adds none, the batch
+        is full, or `flush_interval` has passed."""
+        deadline = loop.time() + self.limits.flush_interval
+        items, full = lane.items, self.limits.chunk_size
+        seen = len(items)
+        while seen < full:
+            await asyncio.sleep(0)
+            now = len(items)
+            if now == seen or loop.time() >= deadline:
+                return
+            seen = now
+
+    def _take(self, lane: _Lane) -> _Batch:
+        """The next request: waiting actions in order, up to the count and byte limits.
+
+        A caller cancelled while its action waited (its partition was revoked, the drain
+        timed out) is left out: that write must not land after the new owner's. So is a
+        write whose document has an earlier one waiting to be retried (it follows that
+        one), and one that cannot be serialised (refused on its own).
+        """
+        batch = _Batch()
+        items, limits = lane.items, self.limits
+        while items and len(batch.items) < limits.chunk_size:
+            item = items[0]
+            action, future, _ = item
+            if future.done() or not _may_go(item):
+                items.popleft()
+                continue
             try:
-                async for ok, info in async_streaming_bulk(
-                    self.es,
-                    feed.actions(),
-                    chunk_size=self.limits.chunk_size,
-                    max_chunk_bytes=self.limits.max_chunk_bytes,
-                    raise_on_error=False,
-                    raise_on_exception=False,
-                    max_retries=0,  # retries happen per item in execute(), in order
-                ):
-                    action, future, ticket = feed.sent.popleft()
-                    stale = not ok and is_stale(action, info)
-                    if stale:
-                        # Counted even when its caller is gone: that is the late write of
-                        # a revoked partition, which the version kept out.
-                        self.stats.stale_writes += 1
-                    if not future.done():
-                        _resolve(future, action, ticket, ok, info, stale=stale)
-                        if not stale and future.done() and future.exception() is None:
-                            self.stats.writes_applied += 1
-                    if not feed.sent:
-                        feed.answered(ok=True)
-            except (SerializationError, RecursionError):
-                # RecursionError: a document nested too deep for the serializer (or for
-                # the repr in its error message).
-                feed.answered(ok=False)
-                self._fail_unserializable(list(feed.sent))
-            except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
-                feed.answered(ok=False)
-                kind = classify(exc)
-                self._fail_all(
-                    feed.sent,
-                    _Retry(f"request failed ({type(exc).__name__}: {exc})",
-                           kind if kind is FailureKind.TRANSIENT else FailureKind.HELD),
-                )
+                lines = self._lines(action)
+            except (SerializationError, RecursionError) as exc:
+                items.popleft()
+                _refuse_unserialisable(action, future, exc)
+                continue
+            size = sum(len(line) for line in lines) + len(lines) * _NEWLINE
+            if batch.items and batch.size + size > limits.max_chunk_bytes:
+                break  # the next request's first
+            items.popleft()
+            batch.items.append(item)
+            batch.lines += lines
+            batch.size += size
+        return batch
+
+    def _lines(self, action: Action) -> list[bytes]:
+        """The action's NDJSON lines: the action line, and the document unless a delete."""
+        dumps = self._dumps
+        op_type = action.get("_op_type", "index")
+        source = action.get("_source")
+        if op_type == "update" and source is not None and not isinstance(source, Mapping):
+            header, body = expand_action(action)  # _source filtering of an update: rare
+            return [dumps(header)] if body is None else [dumps(header), dumps(body)]
+        meta: dict[str, Any] = {}
+        rest = False
+        for key, value in action.items():
+            name = _META_KEYS.get(key)
+            if name is not None:
+                meta[name] = value
+            elif key != "_op_type":
+                rest = True
+        header_line = dumps({op_type: meta})
+        if op_type == "delete":
+            return [header_line]
+        if source is None or "_source" not in action:
+            if not rest:
+                return [header_line, dumps({})]
+            source = {k: v for k, v in action.items() if k != "_op_type" and k not in _META_KEYS}
+        return [header_line, dumps(source)]
+
+    async def _send(self, batch: _Batch) -> None:
+        """One bulk request; every action of it gets its item's outcome."""
+        self.stats.bulk_requests += 1
+        sensor = self.stats.sensor
+        started = time.perf_counter()
+        try:
+            # Lines already serialised: the client's NDJSON serializer sends them as they are.
+            response = await self.es.bulk(operations=cast(Any, batch.lines))
+        except ApiError as exc:  # the whole request refused (429, 413, ...): each item so
+            sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
+            info = {"error": str(exc), "status": exc.status_code, "exception": exc}
+            for action, future, ticket in batch.items:
+                if not future.done():
+                    op_type = action.get("_op_type", "index")
+                    _resolve(future, action, ticket, op_type, {**info}, self.stats)
+            return
+        except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
+            sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
+            kind = classify(exc)
+            self._fail_all(
+                batch.items,
+                _Retry(f"request failed ({type(exc).__name__}: {exc})",
+                       kind if kind is FailureKind.TRANSIENT else FailureKind.HELD),
+            )
+            return
+        sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, True)
+        answers = response.body["items"]
+        if len(answers) != len(batch.items):
+            self._fail_all(batch.items, _Retry(
+                f"Elasticsearch answered {len(answers)} items for {len(batch.items)} actions"))
+            return
+        stats = self.stats
+        for (action, future, ticket), answer in zip(batch.items, answers, strict=True):
+            ((op_type, item),) = answer.items()
+            _resolve(future, action, ticket, op_type, item, stats)
 
     @staticmethod
     def _fail_all(batch: Iterable[_Item], failure: _Retry) -> None:
@@ -258,107 +405,30 @@ class BulkWriter:
                 ticket.failed = True
                 future.set_exception(failure)
 
-    def _fail_unserializable(self, batch: list[_Item]) -> None:
-        """Refuse the actions that cannot be JSON for good; send the others again at once."""
-        serializer = self.es.transport.serializers.get_serializer("application/json")
-        bystanders: list[_Item] = []
-        refused = 0
-        for item in batch:
-            action, future, _ = item
-            if future.done():
-                continue
-            try:
-                for part in expand_action(action):
-                    if part is not None:
-                        serializer.dumps(part)
-            except (SerializationError, RecursionError) as exc:
-                index, doc_id = str(action.get("_index")), str(action.get("_id"))
-                op_type = str(action.get("_op_type", "index"))
-                reason = (
-                    "document nested too deep to serialise as JSON"
-                    if isinstance(exc, RecursionError) or "ecursion" in str(exc)
-                    else _shorten(str(exc))
-                )
-                future.set_exception(BulkItemError(op_type, index, doc_id, 400, reason))
-                refused += 1
-            else:
-                bystanders.append(item)
-        if refused:
-            self._fail_all(bystanders, _Retry("batch had a bad item", at_once=True))
-        else:  # no action is to blame: the failure came from elsewhere; hold loudly
-            self._fail_all(bystanders, _Retry("request could not be serialised",
-                                              FailureKind.HELD))
 
-
-class _LaneFeed:
-    """The action stream of one lane: batches of what waits, each closed by a flush.
-
-    It counts each request it closes; the writer, which reads the helper's answers, calls
-    `answered` when the batch on the wire has its answer, for the sensor.
-    """
-
-    def __init__(
-        self, lane: asyncio.Queue[_Item | None], limits: BulkLimits, stats: Stats
-    ) -> None:
-        self.lane = lane
-        self.limits = limits
-        self.stats = stats
-        self.sent: deque[_Item] = deque()  # handed to the helper, result not seen yet
-        self.stopping = False
-        self._started: float | None = None  # when the batch on the wire was handed over
-        self._size = 0
-
-    def answered(self, *, ok: bool) -> None:
-        """The batch on the wire got its answer (ok) or failed as a whole."""
-        if self._started is not None:
-            self.stats.sensor.bulk_request_done(self._size, time.perf_counter() - self._started,
-                                                ok)
-            self._started = None
-
-    async def actions(self) -> AsyncIterator[Any]:
-        while not self.stopping:
-            first = await self.lane.get()
-            if first is _STOP:
-                self.stopping = True
-                return
-            batch = [first]
-            self.stopping = await self._collect(batch)
-            # A caller cancelled while its action waited (its partition was revoked, the
-            # drain timed out): that write must not land after the new owner's. A write
-            # queued before an earlier one of its document failed waits for that one.
-            batch = [item for item in batch if not item[1].done() and _may_go(item)]
-            if not batch:
-                continue
-            self.sent.extend(batch)  # all of it first: a failure must see every item
-            self._started, self._size = time.perf_counter(), len(batch)
-            for action, _, _ in batch:
-                yield action
-            self.stats.bulk_requests += 1
-            yield BULK_FLUSH  # send now: what was waiting is all there is
-
-    async def _collect(self, batch: list[_Item]) -> bool:
-        """Add to `batch` what arrives while other tasks are still producing; True on stop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.flush_interval
-        while len(batch) < self.limits.chunk_size:
-            if self.lane.empty():
-                # Let every ready task run once: if none of them queued anything, nothing
-                # more is coming soon and waiting would only add latency.
-                await asyncio.sleep(0)
-                if self.lane.empty() or loop.time() >= deadline:
-                    return False
-            item = self.lane.get_nowait()
-            if item is _STOP:
-                return True
-            batch.append(item)
-        return False
+def _refuse_unserialisable(
+    action: Action, future: asyncio.Future[dict[str, Any]], exc: BaseException
+) -> None:
+    """A document with no JSON form is refused for good: no retry can change it."""
+    index, doc_id = str(action.get("_index")), str(action.get("_id"))
+    op_type = str(action.get("_op_type", "index"))
+    reason = (
+        "document nested too deep to serialise as JSON"
+        if isinstance(exc, RecursionError) or "ecursion" in str(exc)
+        else _shorten(str(exc))
+    )
+    future.set_exception(BulkItemError(op_type, index, doc_id, 400, reason))
 
 
 def is_stale(action: Action, info: Mapping[str, Any]) -> bool:
-    """An external-versioned write refused because the document holds a newer version."""
+    """An external-versioned write refused because the document holds a newer version
+    (`info`: the bulk answer's `{op_type: item}`)."""
+    return _stale(action, next(iter(info.values())))
+
+
+def _stale(action: Action, item: Mapping[str, Any]) -> bool:
     if action.get("version_type") not in EXTERNAL_VERSION_TYPES:
         return False
-    item = next(iter(info.values()))
     error = item.get("error")
     return (
         item.get("status") == 409
@@ -381,14 +451,23 @@ def _resolve(
     future: asyncio.Future[dict[str, Any]],
     action: Action,
     ticket: _Ticket,
-    ok: bool,
-    info: Mapping[str, Any],
-    *,
-    stale: bool = False,
+    op_type: str,
+    item: dict[str, Any],
+    stats: Stats,
 ) -> None:
-    op_type, item = next(iter(info.items()))
-    status = item.get("status")
-    if stale or ok or (op_type == "delete" and status == 404):
+    """Settle one action's future from its item in the answer, and count it."""
+    status = item.get("status", 500)
+    if 200 <= status < 300:
+        stale = False
+    else:
+        stale = _stale(action, item)
+        if stale:
+            # Counted even when its caller is gone: that is the late write of a revoked
+            # partition, which the version kept out.
+            stats.stale_writes += 1
+    if future.done():
+        return
+    if stale or 200 <= status < 300 or (op_type == "delete" and status == 404):
         # Applied (or rightly not: stale, or nothing to delete), unless an earlier write of
         # this document failed in this request: that one lands later, so this goes again.
         if ticket.behind_failed() is not None:
@@ -397,6 +476,7 @@ def _resolve(
             future.set_result({**item, "result": "stale"})
         else:
             future.set_result(item)
+            stats.writes_applied += 1
         return
     error = item.get("error")
     kind = classify_item(status, error, whole_request="exception" in item)
