@@ -107,6 +107,10 @@ class Context:
         self._writes.append(("bulk", coroutine))
         return coroutine
 
+    def unfinished(self) -> bool:
+        """Whether a write the handler called has not finished (cheap: no names built)."""
+        return any(coroutine.cr_frame is not None for _, coroutine in self._writes)
+
     def unawaited_error(self, handler: str) -> UnawaitedCallError | None:
         """The error for writes the handler called and had not finished when it returned.
 

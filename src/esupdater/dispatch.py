@@ -13,10 +13,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from contextlib import suppress
 from functools import partial
+from types import CoroutineType
 
 Job = Callable[[], Awaitable[None]]
 #: A job's key, its second key (`after`) and its barrier scope: what it is ordered by.
 _Keys = tuple[Hashable, Hashable | None, "tuple[Hashable, ...] | None"]
+
+
+async def _awaiting(work: Awaitable[None]) -> None:
+    await work
 
 
 def _wake(waiter: asyncio.Future[None], _: object) -> None:
@@ -92,22 +97,59 @@ class KeyedDispatcher:
             if admit is not None and not admit():
                 self._release()
                 return None
+        return self._start(key, job, group, after, barrier)
+
+    def submit_nowait(
+        self,
+        key: Hashable,
+        job: Job,
+        *,
+        group: Hashable | None = None,
+        after: Hashable | None = None,
+        barrier: tuple[Hashable, ...] | None = None,
+    ) -> asyncio.Future[None] | None:
+        """`submit` without waiting: the job's future if a slot is free now (and nobody
+        waits for one), else None and nothing is admitted. The feeder's path for each row:
+        no coroutine per submission."""
+        if self._closed:
+            raise RuntimeError("KeyedDispatcher is closed")
+        if not self._free or self._queue:
+            return None
+        self._free -= 1
+        return self._start(key, job, group, after, barrier)
+
+    def _start(
+        self,
+        key: Hashable,
+        job: Job,
+        group: Hashable | None,
+        after: Hashable | None,
+        barrier: tuple[Hashable, ...] | None,
+    ) -> asyncio.Task[None]:
+        """Make the admitted job's task, chained after what it must follow."""
+        tails = self._tails
         earlier: list[asyncio.Task[None]] = []
-        previous = self._tails.get(key)
+        previous = tails.get(key)
         if previous is not None:
             earlier.append(previous)
-        if after is not None and (also := self._tails.get(after)) is not None:
+        if after is not None and (also := tails.get(after)) is not None:
             earlier.append(also)
         if barrier is not None:
             earlier.extend(self._scope_tails(barrier))
         elif self._barriers:
             earlier.extend(self._barriers_over(key))
-        task = asyncio.get_running_loop().create_task(self._run(tuple(earlier), job))
+        loop = asyncio.get_running_loop()
         if earlier:
+            task = loop.create_task(self._run(tuple(earlier), job))
             self._predecessors[task] = tuple(earlier)
-        self._tails[key] = task
+        else:  # nothing to wait for: the job's own coroutine is the task
+            work = job()
+            if type(work) is not CoroutineType:
+                work = _awaiting(work)
+            task = loop.create_task(work)
+        tails[key] = task
         if after is not None:
-            self._tails[after] = task
+            tails[after] = task
         if barrier is not None:
             self._barriers[barrier] = task
         self._tasks.add(task)

@@ -18,7 +18,7 @@ from esupdater.decoding import DecodeError, Decoder
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.handling import HandlerRunner, error_class
 from esupdater.offsets import OffsetTracker, PartitionOffsets
-from esupdater.routing import Registry
+from esupdater.routing import Registry, Route
 from esupdater.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -54,45 +54,77 @@ class Feeder:
     ) -> bool:
         """Submit one record's rows; False if its partition was revoked meanwhile (the rows
         not yet submitted are dropped, so the record is never committed by this owner)."""
+        stats = self.stats
         last = self.offsets.partition(tp).last_tracked
         if last is not None and offset <= last:
             log.warning("%s/%d@%d fetched again after %d: dropped (already tracked)",
                         tp.topic, tp.partition, offset, last)
             return True
-        self.stats.records += 1
+        stats.records += 1
         position = Position(tp.topic, tp.partition, offset)
         try:
             changes = self.decoder.decode(value, position)
         except DecodeError as exc:
             return await self._submit_undecodable(tp, position, value, exc, admit)
+        handlers_for = self.registry.handlers_for
         routed = []
         for change in changes:
-            routes = self.registry.handlers_for(change.database, change.table, change.type)
+            routes = handlers_for(change.database, change.table, change.type)
             if routes:
                 routed.append((change, routes))
             else:
-                self.stats.unrouted += 1
+                stats.unrouted += 1
         if not routed:
-            self.stats.skipped_records += 1
+            stats.skipped_records += 1
         partition = self.offsets.track(tp, offset, len(routed))
-        self.stats.rows += len(routed)
+        stats.rows += len(routed)
+        dispatcher, row = self.dispatcher, self._row
         for change, routes in routed:
-            job = partial(self._observed, partition, position, change,
-                          partial(self.runner.run, change, routes, value))
+            job = partial(row, partition, change, routes, value)
             if change.is_ddl:
                 # A barrier: after every earlier change of its table, before every later one.
-                submitted = await self.dispatcher.submit(
+                submitted = await dispatcher.submit(
                     change.key, job, group=tp, barrier=(change.database, change.table),
                     admit=admit,
                 )
             else:
                 # A new primary key: the job also comes after (and before) the old key's jobs.
-                submitted = await self.dispatcher.submit(
-                    change.key, job, group=tp, after=change.old_key, admit=admit,
-                )
+                key, after = change.key, change.old_key
+                submitted = dispatcher.submit_nowait(key, job, group=tp, after=after)
+                if submitted is None:  # the pool is full: wait for a slot
+                    submitted = await dispatcher.submit(key, job, group=tp, after=after,
+                                                        admit=admit)
             if submitted is None:
                 return False
         return True
+
+    async def _row(
+        self,
+        partition: PartitionOffsets,
+        change: Change,
+        routes: tuple[Route, ...],
+        value: bytes | None,
+    ) -> None:
+        """One row's handlers, then its offset counts as done. The first run inline (the
+        usual case, one coroutine per row); whatever escapes it goes to `_observed`."""
+        if partition.detached:
+            return  # its partition was revoked before the row started: the next owner's
+        try:
+            await self.runner.run(change, routes, value)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # a real cancel: revocation or stop
+            first: Exception = _StrayCancel(f"CancelledError raised inside the job ({exc})")
+            first.__cause__ = exc
+        except Exception as exc:  # noqa: BLE001 - observed below, retried, never lost
+            first = exc
+        else:
+            partition.row_done(change.position.offset)
+            self.stats.rows_done += 1
+            return
+        await self._observed(partition, change.position, change,
+                             partial(self.runner.run, change, routes, value), first)
 
     async def _submit_undecodable(
         self,
@@ -118,15 +150,17 @@ class Feeder:
         position: Position,
         change: Change | None,
         work: Callable[[], Awaitable[None]],
+        failed: Exception | None = None,
     ) -> None:
         """Run one row's work; whatever escapes it is logged, counted and retried, never lost.
+        `failed`: how a first run, already made, failed.
 
         The runner already retries handler failures and sets rows aside; what reaches here
         is a failure of that machinery itself (a set-aside that raised, a CancelledError
         raised by a library rather than by a cancel of this job). The row's offset is not
         committed until it succeeds.
         """
-        if partition.detached:
+        if failed is None and partition.detached:
             return  # its partition was revoked before the row started: the next owner's
         where = str(position) if change is None else f"{position} row {change.row_index}"
 
@@ -136,8 +170,14 @@ class Feeder:
                       "(attempt %d), the offset stays uncommitted", where,
                       type(exc).__name__, exc, delay, attempt, exc_info=exc)
 
-        await retry(partial(_stray_cancel_as_error, work), self.backoff,
-                    retry_on=_any_error, report=report)
+        first = [] if failed is None else [failed]
+
+        async def attempt() -> None:
+            if first:
+                raise first.pop()  # the run already made counts as the first attempt
+            await _stray_cancel_as_error(work)
+
+        await retry(attempt, self.backoff, retry_on=_any_error, report=report)
         partition.row_done(position.offset)
         if change is not None:
             self.stats.rows_done += 1

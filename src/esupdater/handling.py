@@ -54,7 +54,21 @@ class HandlerRunner:
         for route in routes:
             started, outcome = clock(), "failed"
             try:
-                await self._run_one(change, route, value)
+                # The first attempt inline, the usual case; failures go on in _run_one.
+                ctx = Context(self.sink, self.es, change)
+                try:
+                    await route.handler(change, ctx)
+                except asyncio.CancelledError as exc:
+                    ctx.unawaited_error(route.name)
+                    await self._run_one(change, route, value, _stray_cancel(route, exc))
+                except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
+                    ctx.unawaited_error(route.name)  # close what it left unstarted
+                    await self._run_one(change, route, value, exc)
+                else:
+                    if ctx.unfinished():
+                        unawaited = ctx.unawaited_error(route.name)
+                        if unawaited is not None:
+                            await self._run_one(change, route, value, unawaited)
                 outcome = "done"
             except asyncio.CancelledError:
                 outcome = "cancelled"
@@ -62,48 +76,55 @@ class HandlerRunner:
             finally:
                 sensor.handler_done(route, change, clock() - started, outcome)
 
-    async def _run_one(self, change: Change, route: Route, value: bytes | None) -> None:
+    async def _run_one(
+        self, change: Change, route: Route, value: bytes | None, failed: Exception | None = None
+    ) -> None:
+        """Attempts of one route's handler until it succeeds or the row is set aside;
+        `failed`: how the first attempt, already made, failed."""
         attempt = 0  # the handler's own failures
         waits = 0  # transient or held rounds, for their backoff
         held = False
         try:
             while True:
                 attempt += 1
-                ctx = Context(self.sink, self.es, change)
-                try:
-                    await _call(route, change, ctx)
-                    unawaited = ctx.unawaited_error(route.name)
-                    if unawaited is None:
-                        return
-                    raise unawaited
-                except asyncio.CancelledError:
-                    ctx.unawaited_error(route.name)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
-                    ctx.unawaited_error(route.name)  # close what it left unstarted
-                    kind = classify(exc)
-                    if kind is FailureKind.TRANSIENT or kind is FailureKind.HELD:
-                        attempt -= 1  # not the handler's fault: does not use up attempts
-                        waits += 1
-                        if kind is FailureKind.HELD and not held:
-                            held = self._hold(change)
-                        await self._pause(change, route, exc, kind.value, waits)
-                        continue
-                    permanent = kind is FailureKind.REFUSED
-                    if not permanent and attempt < self.max_attempts:
-                        self.stats.handler_retries += 1
-                        await self._pause(change, route, exc, "retrying", attempt)
-                        continue
-                    if permanent:
-                        self.stats.rejected += 1
-                    else:
-                        self.stats.handler_errors += 1
-                    # Skip, dead-letter, or (block mode) hold and try again until it works.
-                    await self.set_aside.give_up(Unapplied(
-                        value, self._failure(change, route, exc, attempt), gate=self.gate,
-                        try_again=partial(self._try_again, change, route),
-                    ))
-                    return
+                if failed is None:
+                    ctx = Context(self.sink, self.es, change)
+                    try:
+                        await _call(route, change, ctx)
+                        unawaited = ctx.unawaited_error(route.name)
+                        if unawaited is None:
+                            return
+                        raise unawaited
+                    except asyncio.CancelledError:
+                        ctx.unawaited_error(route.name)
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
+                        ctx.unawaited_error(route.name)  # close what it left unstarted
+                        failed = exc
+                error, failed = failed, None
+                kind = classify(error)
+                if kind is FailureKind.TRANSIENT or kind is FailureKind.HELD:
+                    attempt -= 1  # not the handler's fault: does not use up attempts
+                    waits += 1
+                    if kind is FailureKind.HELD and not held:
+                        held = self._hold(change)
+                    await self._pause(change, route, error, kind.value, waits)
+                    continue
+                permanent = kind is FailureKind.REFUSED
+                if not permanent and attempt < self.max_attempts:
+                    self.stats.handler_retries += 1
+                    await self._pause(change, route, error, "retrying", attempt)
+                    continue
+                if permanent:
+                    self.stats.rejected += 1
+                else:
+                    self.stats.handler_errors += 1
+                # Skip, dead-letter, or (block mode) hold and try again until it works.
+                await self.set_aside.give_up(Unapplied(
+                    value, self._failure(change, route, error, attempt), gate=self.gate,
+                    try_again=partial(self._try_again, change, route),
+                ))
+                return
         finally:
             if held and self.gate is not None:
                 self.gate.release(change.position)
@@ -160,9 +181,17 @@ async def _call(route: Route, change: Change, ctx: Context) -> None:
     try:
         await route.handler(change, ctx)
     except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        raise HandlerCancelledError(
-            f"{route.name} raised CancelledError ({exc}) without being cancelled"
-        ) from exc
+        raise _stray_cancel(route, exc) from exc
+
+
+def _stray_cancel(route: Route, exc: asyncio.CancelledError) -> HandlerCancelledError:
+    """The handler's own failure for a CancelledError it raised; re-raises `exc` if this
+    row's task is being cancelled (a revocation or a stop)."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise exc
+    error = HandlerCancelledError(
+        f"{route.name} raised CancelledError ({exc}) without being cancelled"
+    )
+    error.__cause__ = exc
+    return error
