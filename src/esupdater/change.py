@@ -190,6 +190,9 @@ def previous_pk(
 
     `raw` and `raw_old` must hold only strings and None (the decoders check that first).
     """
-    if not any(name in raw_old for name in pk_names):
+    for name in pk_names:  # a loop, not any(): this runs for every UPDATE row
+        if name in raw_old:
+            break
+    else:
         return None
     return join_pk(pk_names, {**raw, **raw_old})

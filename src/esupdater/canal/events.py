@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.change import Change, Position
@@ -27,10 +28,19 @@ def executed_at(es_ms: int | None, position: Position) -> datetime | None:
     """Canal's `es` / executeTime (ms since the epoch) as an aware UTC datetime; 0 means unknown."""
     if not es_ms:
         return None
+    if es_ms == _last[0]:  # the records of one transaction, or one millisecond, share it
+        last: datetime = _last[1]
+        return last
     try:
-        return datetime.fromtimestamp(es_ms / _MS_PER_S, tz=UTC)
+        when = datetime.fromtimestamp(es_ms / _MS_PER_S, tz=UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise CanalDecodeError(position, f"execution time {es_ms} ms is out of range") from exc
+    _last[0], _last[1] = es_ms, when
+    return when
+
+
+#: The last execution time converted: (ms, datetime); datetimes are immutable, so shared.
+_last: list[Any] = [None, None]
 
 
 def ddl_change(

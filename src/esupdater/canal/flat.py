@@ -39,13 +39,26 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         raise CanalDecodeError(
             position, f"not a Canal flat message: JSON {_kind(message)}, not an object"
         )
-    database = _required(message, "database", str, position)
-    table = _required(message, "table", str, position)
-    type_ = _required(message, "type", str, position)
-    is_ddl = _optional(message, "isDdl", bool, position) or False
-    when = executed_at(_optional(message, "es", int, position), position)
-    pk_names = tuple(_strings(_optional(message, "pkNames", list, position) or [], position))
-    sql = _optional(message, "sql", str, position) or ""
+    get = message.get
+    database, table, type_ = get("database"), get("table"), get("type")
+    is_ddl, es_ms, pk_list, sql = get("isDdl"), get("es"), get("pkNames"), get("sql")
+    # type() rather than isinstance(): JSON true must not pass as the integer 1.
+    if not (
+        type(database) is str and type(table) is str and type(type_) is str
+        and (is_ddl is None or type(is_ddl) is bool) and (es_ms is None or type(es_ms) is int)
+        and (pk_list is None or type(pk_list) is list) and (sql is None or type(sql) is str)
+    ):  # one of them is wrong: the checks one by one say which
+        database = _required(message, "database", str, position)
+        table = _required(message, "table", str, position)
+        type_ = _required(message, "type", str, position)
+        is_ddl = _optional(message, "isDdl", bool, position)
+        es_ms = _optional(message, "es", int, position)
+        pk_list = _optional(message, "pkNames", list, position)
+        sql = _optional(message, "sql", str, position)
+    is_ddl = is_ddl or False
+    sql = sql or ""
+    when = executed_at(es_ms, position)
+    pk_names = tuple(_strings(pk_list, position)) if pk_list else ()
     if is_statement_annotation(type_, is_ddl):
         return []
     if is_ddl or type_ in DDL_TYPES:
@@ -55,7 +68,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         return []
     if type_ not in ROW_TYPES:
         raise CanalDecodeError(position, f"unknown event type {type_!r} for rows")
-    typer = RowTyper(_converters(message, position, tinyint1_as_bool), position)
+    typer = _typer(message, position, tinyint1_as_bool)
     olds: list[Any] = []
     if type_ == "UPDATE":
         olds = _optional(message, "old", list, position) or [{}] * len(data)
@@ -80,24 +93,37 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
             old = typer(raw_old)
             changed = frozenset(raw_old)
             old_pk = previous_pk(pk_names, raw, raw_old)
-        changes.append(
-            Change(
-                database=database,
-                table=table,
-                type=type_,
-                row=row,
-                old=old,
-                pk_names=pk_names,
-                raw=raw,
-                executed_at=when,
-                sql="",
-                position=position,
-                row_index=index,
-                changed=changed,
-                old_pk=old_pk,
-            )
-        )
+        # Positional, in Change's field order: one is built per row.
+        changes.append(Change(database, table, type_, row, old, pk_names, raw, when, "",
+                              position, index, False, changed, old_pk))
     return changes
+
+
+#: Row typers by the message's column types: one table's messages share them, so the
+#: converters are looked up once per schema rather than once per message.
+_typers: dict[tuple[Any, ...], RowTyper] = {}
+_MAX_TYPERS = 4096  # schemas kept; beyond that (schema churn), start again
+
+
+def _typer(message: dict[str, Any], position: Position, tinyint1_as_bool: bool) -> RowTyper:
+    mysql_types = message.get("mysqlType")
+    sql_types = message.get("sqlType")
+    try:
+        key = (
+            tinyint1_as_bool,
+            tuple(mysql_types.items()) if type(mysql_types) is dict else mysql_types,
+            tuple(sql_types.items()) if type(sql_types) is dict else sql_types,
+        )
+        found = _typers.get(key)
+    except TypeError:  # unhashable values: not valid types either, said below
+        key, found = None, None
+    if found is None:
+        found = RowTyper(_converters(message, position, tinyint1_as_bool), position)
+        if key is not None:
+            if len(_typers) >= _MAX_TYPERS:
+                _typers.clear()
+            _typers[key] = found
+    return found.at(position)
 
 
 def _converters(

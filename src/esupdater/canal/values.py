@@ -141,6 +141,15 @@ class RowTyper:
         self._typed = tuple(self._by_name.items())
         self._position = position
 
+    def at(self, position: Position) -> RowTyper:
+        """This typer for another record's rows (errors name the record): shares the
+        converters, costs one small object."""
+        if position is self._position:
+            return self
+        typer = RowTyper.__new__(RowTyper)
+        typer._by_name, typer._typed, typer._position = self._by_name, self._typed, position
+        return typer
+
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Canal's strings of one row -> typed values; unknown columns stay strings."""
         if not _VALID_VALUE_TYPES.issuperset(map(type, raw.values())):

@@ -1,0 +1,123 @@
+"""What the hot path shares or skips per row must not change what a row gets: the row
+typers kept per schema, the cached execution time, requests built from pre-serialised
+lines, and submitting without waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+import pytest
+
+from esupdater.backoff import Backoff
+from esupdater.bulk import BulkLimits, BulkWriter
+from esupdater.canal import CanalDecoder, flat_message
+from esupdater.canal.errors import CanalDecodeError
+from esupdater.change import Position
+from esupdater.dispatch import KeyedDispatcher
+from tests.unit.fake_elasticsearch import FakeElasticsearch
+
+QUICK = Backoff(0.001, 0.01)
+
+
+def decode(value: bytes, offset: int = 0) -> list[Any]:
+    return CanalDecoder().decode(value, Position("t", 0, offset))
+
+
+def test_messages_with_the_same_columns_but_other_types_are_typed_by_their_own() -> None:
+    as_decimal = flat_message("db", "t", "INSERT", [{"id": "1", "v": "2.50"}],
+                              mysql_types={"id": "int", "v": "decimal(4,2)"})
+    as_text = flat_message("db", "t", "INSERT", [{"id": "1", "v": "2.50"}],
+                           mysql_types={"id": "int", "v": "varchar(8)"})
+    as_bool = flat_message("db", "t", "INSERT", [{"id": "1", "v": "1"}],
+                           mysql_types={"id": "int", "v": "tinyint(1)"})
+    for _ in range(2):  # the second round finds the typers kept by the first
+        assert decode(as_decimal)[0].row == {"id": 1, "v": Decimal("2.50")}
+        assert decode(as_text)[0].row == {"id": 1, "v": "2.50"}
+        assert decode(as_bool)[0].row == {"id": 1, "v": 1}
+        bools = CanalDecoder(tinyint1_as_bool=True).decode(as_bool, Position("t", 0, 0))
+        assert bools[0].row == {"id": 1, "v": True}
+
+
+def test_a_bad_value_names_its_own_record_when_the_typer_is_shared() -> None:
+    types = {"id": "int", "v": "int"}
+    good = flat_message("db", "t", "INSERT", [{"id": "1", "v": "2"}], mysql_types=types)
+    bad = flat_message("db", "t", "INSERT", [{"id": "1", "v": "two"}], mysql_types=types)
+    decode(good, offset=5)
+    with pytest.raises(CanalDecodeError, match=r"t/0@6: .*column 'v'"):
+        decode(bad, offset=6)
+
+
+def test_each_record_gets_its_own_execution_time() -> None:
+    times = [1_700_000_000_000, 1_700_000_000_000, 1_700_000_000_500, 1_700_000_000_000]
+    for es_ms in times:
+        value = flat_message("db", "t", "INSERT", [{"id": "1"}], mysql_types={"id": "int"},
+                             es_ms=es_ms)
+        assert decode(value)[0].executed_at == datetime.fromtimestamp(es_ms / 1000, tz=UTC)
+
+
+async def test_a_batch_is_one_request_and_max_chunk_bytes_splits_it_in_order() -> None:
+    es = FakeElasticsearch()
+    limits = BulkLimits(chunk_size=1000, max_chunk_bytes=2048, max_in_flight=1)
+    writer = BulkWriter(cast(Any, es), limits, QUICK)
+    await writer.start()
+    try:
+        actions = [{"_index": "i", "_id": str(n % 7), "_source": {"n": n, "pad": "x" * 40}}
+                   for n in range(100)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(writer.execute(a) for a in actions)), 5
+        )
+    finally:
+        await writer.close()
+    assert all(r["status"] in (200, 201) for r in results)
+    assert 1 < len(es.calls) < len(actions)  # batched, and split by bytes
+    sent = [doc_id for call in es.calls for _, _, doc_id, _ in call.actions]
+    assert sorted(sent, key=int) == sorted((str(n % 7) for n in range(100)), key=int)
+    for doc_id in map(str, range(7)):  # each document's last write is the one that stays
+        last = max(n for n in range(100) if str(n % 7) == doc_id)
+        assert es.docs[("i", doc_id)]["n"] == last
+
+
+async def test_delete_update_and_extra_metadata_go_into_the_action_line() -> None:
+    es = FakeElasticsearch()
+    writer = BulkWriter(cast(Any, es), BulkLimits(max_in_flight=1), QUICK)
+    await writer.start()
+    try:
+        await writer.execute({"_index": "i", "_id": "1", "_source": {"a": 1}, "routing": "r"})
+        upsert = {"_op_type": "update", "_index": "i", "_id": "1", "doc": {"b": 2},
+                  "doc_as_upsert": True}
+        await writer.execute(upsert)
+        await writer.execute({"_op_type": "delete", "_index": "i", "_id": "2"})
+    finally:
+        await writer.close()
+    actions = [action for call in es.calls for action in call.actions]
+    assert actions == [
+        ("index", "i", "1", {"a": 1}),
+        ("update", "i", "1", {"doc": {"b": 2}, "doc_as_upsert": True}),
+        ("delete", "i", "2", None),
+    ]
+    assert es.docs[("i", "1")] == {"a": 1, "b": 2}
+
+
+async def test_submit_nowait_takes_a_free_slot_and_never_waits() -> None:
+    dispatcher = KeyedDispatcher(2)
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    def job(name: str) -> Any:
+        async def run() -> None:
+            await gate.wait()
+            order.append(name)
+        return run
+
+    first = dispatcher.submit_nowait("a", job("a1"))
+    second = dispatcher.submit_nowait("a", job("a2"))
+    assert first is not None
+    assert second is not None
+    assert dispatcher.submit_nowait("b", job("b")) is None  # full: nothing admitted
+    assert dispatcher.in_flight == 2
+    gate.set()
+    await dispatcher.drain(timeout=5)
+    assert order == ["a1", "a2"]  # the same key still in submission order

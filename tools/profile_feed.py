@@ -1,0 +1,137 @@
+"""CPU per row of esupdater's own path without Kafka or a server: a quick loop for changes.
+
+    python -m tools.profile_feed [--rows 100000] [--shape 10]
+
+Feeds the benchmark's users dataset (bench/lib/dataset.py), already encoded, through the
+service's parts as `esupdater run` builds them (decoder, registry, Feeder, KeyedDispatcher,
+HandlerRunner, BulkWriter with default settings) into a client whose `bulk` answers every
+item as created without a network, with the benchmark's handler. Prints CPU microseconds
+per row for decoding alone and for the whole path; `tools/profile_hotpath.py` measures the
+real thing against Kafka and Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import uvloop
+from aiokafka.structs import TopicPartition
+from elastic_transport import SerializerCollection
+
+from bench.lib.dataset import messages, statements
+from esupdater import Change, Context, Registry
+from esupdater.backoff import Backoff
+from esupdater.bulk import BulkWriter
+from esupdater.canal import CanalDecoder
+from esupdater.change import Position
+from esupdater.clients import ExactJsonSerializer, ExactNdjsonSerializer
+from esupdater.components import bulk_limits
+from esupdater.deadletter import SetAside
+from esupdater.dispatch import KeyedDispatcher
+from esupdater.feeding import Feeder
+from esupdater.handling import HandlerRunner
+from esupdater.offsets import OffsetTracker
+from esupdater.settings import Settings
+from esupdater.stats import Stats
+
+
+class AnsweringElasticsearch:
+    """`bulk` answers every action as applied after one loop turn; parses the body's
+    action lines as Elasticsearch must (the documents are not parsed)."""
+
+    def __init__(self) -> None:
+        self.transport = SimpleNamespace(serializers=SerializerCollection({
+            "application/json": ExactJsonSerializer(),
+            "application/x-ndjson": ExactNdjsonSerializer(),
+        }))
+        self.requests = 0
+
+    def options(self, **_: Any) -> AnsweringElasticsearch:
+        return self
+
+    async def bulk(self, *, operations: Any, **_: Any) -> SimpleNamespace:
+        await asyncio.sleep(0.002)
+        lines = operations if isinstance(operations, list) else operations.splitlines()
+        items = []
+        skip = False
+        for line in lines:
+            if skip:
+                skip = False
+                continue
+            ((op, meta),) = orjson.loads(line).items()
+            skip = op != "delete"
+            items.append({op: {"_index": meta["_index"], "_id": meta["_id"], "status": 201,
+                               "result": "created", "_version": 1}})
+        self.requests += 1
+        body = orjson.loads(orjson.dumps({"took": 1, "errors": False, "items": items}))
+        return SimpleNamespace(body=body)
+
+
+class _Gate:
+    def hold(self, position: Position) -> None:
+        pass
+
+    def release(self, position: Position) -> None:
+        pass
+
+
+async def run(values: list[tuple[int, bytes, int]], rows: int) -> float:
+    settings = Settings()
+    stats = Stats()
+    es = AnsweringElasticsearch()
+    writer = BulkWriter(es, bulk_limits(settings), Backoff(), stats=stats)  # type: ignore[arg-type]
+    await writer.start()
+    registry = Registry()
+
+    async def handle(change: Change, ctx: Context) -> None:
+        if change.is_delete:
+            await ctx.delete(index="users", id=change.pk)
+        else:
+            await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    registry.add("shop.users", handle)
+    gate = _Gate()
+    runner = HandlerRunner(writer, None, stats, SetAside(stats), max_attempts=5,
+                           backoff=Backoff(), gate=gate)
+    feeder = Feeder(CanalDecoder(), registry, runner, SetAside(stats), stats,
+                    dispatcher=KeyedDispatcher(settings.dispatch.max_rows_in_flight),
+                    offsets=OffsetTracker(), backoff=Backoff(), gate=gate)
+    tps = [TopicPartition("t", p) for p in range(4)]
+    next_offset = [0] * 4
+    started = time.process_time()
+    for partition, value, _ in values:
+        offset = next_offset[partition]
+        next_offset[partition] += 1
+        await feeder.feed(tps[partition], offset, value, lambda: True)
+    await feeder.dispatcher.drain()
+    cpu = time.process_time() - started
+    await writer.close()
+    assert stats.rows_done == rows, (stats.rows_done, rows)
+    print(f"  {es.requests} bulk requests, {rows / max(es.requests, 1):.0f} actions each")
+    return cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--shape", type=int, default=10)
+    args = parser.parse_args()
+    values = list(messages(statements(args.rows, partitions=4), args.shape))
+    decoder = CanalDecoder()
+    started = time.process_time()
+    for offset, (partition, value, _) in enumerate(values):
+        decoder.decode(value, Position("t", partition, offset))
+    decode = time.process_time() - started
+    cpu = uvloop.run(run(values, args.rows))
+    per = 1e6 / args.rows
+    print(f"{args.shape}-row messages: decode {decode * per:.1f} us/row, "
+          f"whole path {cpu * per:.1f} us/row")
+
+
+if __name__ == "__main__":
+    main()
