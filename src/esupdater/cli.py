@@ -16,6 +16,7 @@ from rich.table import Table
 
 from esupdater import __version__, bounded_exit
 from esupdater.errors import ConfigError, EsupdaterError
+from esupdater.health import Verdict, liveness
 from esupdater.logs import setup_logging
 from esupdater.progress import table_progress
 from esupdater.routing import default_registry, load_handlers
@@ -62,6 +63,8 @@ SettingsOption = Annotated[
 
 #: Exit status for configuration esupdater cannot work with (what and where is printed).
 EXIT_CONFIG = 2
+#: Exit status of `status` when the process runs but a partition makes no progress.
+EXIT_STALLED = 3
 #: The help's type column of an on/off flag: empty (typer would show `<bool>`, as if the
 #: flag took a value).
 FLAG = ""
@@ -173,19 +176,38 @@ def stop(
 
 @app.command()
 def status(settings: SettingsOption = None) -> None:
-    """Running or not, pid, uptime, rows/s, lag and error counts (exit 1 when not running)."""
+    """Running or not, health, pid, uptime, rows/s, lag, seconds behind and error counts
+    (exit 1 when not running, 3 when a partition is stalled)."""
     config = _settings(settings)
     pid = _running_pid(config.runtime.dir)
     if pid is None:
         out.print(f"esupdater is not running (runtime dir {config.runtime.dir})")
         raise typer.Exit(1)
     stats = read_stats(config.runtime.dir) or {}
+    verdict = _health(stats, config)
     table = Table(show_header=False, box=None)
     table.add_row("state", "[green]running[/green]")
     table.add_row("pid", str(pid))
+    table.add_row("health", "[green]ok[/green]" if verdict.ok else
+                  "[red]" + escape("STALLED: " + "; ".join(verdict.reasons)) + "[/red]")
     for label, value in _status_rows(stats):
         table.add_row(label, value)
     out.print(table)
+    if not verdict.ok:
+        raise typer.Exit(EXIT_STALLED)
+
+
+def _health(stats: dict[str, Any], config: Settings) -> Verdict:
+    """/healthz's verdict, from the stats file; a file the process stopped refreshing is a
+    stall of its own (the event loop does not turn)."""
+    if not stats:
+        return Verdict(True)
+    stall = float(stats.get("stall_seconds") or config.metrics.stall_seconds)
+    age = time.time() - float(stats.get("updated_at") or time.time())
+    if age > max(stall, 5 * config.runtime.stats_interval_seconds):
+        return Verdict(False, (f"the stats file was last written {age:.0f} s ago: the event "
+                               "loop does not turn",))
+    return liveness(stats.get("stalled_seconds") or {}, stall)
 
 
 def _status_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
@@ -210,6 +232,8 @@ def _shown(spec: Spec, value: Any) -> str:
     if spec.labels:
         by_key: dict[str, Any] = value or {}
         parts = ", ".join(f"{key}={number}" for key, number in by_key.items())
+        if any(isinstance(number, float) for number in by_key.values()):  # seconds: the worst
+            return f"{max(by_key.values()):g} s ({parts})"
         return f"{sum(by_key.values())} ({parts or '-'})"
     return str(value or 0)
 

@@ -15,6 +15,7 @@ from aiokafka.structs import TopicPartition
 
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.feeding import Feeder
+from esupdater.health import PartitionState
 from esupdater.offsets import OffsetTracker
 from esupdater.pauses import PartitionPauses
 from esupdater.stats import Stats
@@ -253,6 +254,17 @@ class ConsumeLoop:
                 continue
             if offset is not None and self._generation.get(tp) == generations[tp]:
                 self.offsets.partition(tp).start = offset
+
+    def partition_states(self) -> dict[str, PartitionState]:
+        """Every assigned partition's commit point and lag (0 while nothing is known), for
+        health.ProgressWatch."""
+        states: dict[str, PartitionState] = {}
+        for tp in sorted(self._assigned):
+            highwater = self.consumer.highwater(tp)
+            low = self.offsets.partition(tp).low_water
+            lag = 0 if highwater is None or low is None else max(0, highwater - low)
+            states[f"{tp.topic}/{tp.partition}"] = PartitionState(low, lag)
+        return states
 
     def lag(self) -> dict[str, int]:
         """Records not yet done and committed, per assigned partition: highwater minus the

@@ -132,8 +132,9 @@ class StatsCollector:
         return verdict
 
 
-class StatsSensor:
-    """Feeds the histograms Stats declares from the core's handler runs and bulk requests."""
+class FreshnessSensor:
+    """Keeps, per partition, the binlog time of the newest row a handler finished
+    (`Stats.applied_until`): how far behind the binlog the index is."""
 
     __slots__ = ("stats",)
 
@@ -141,6 +142,24 @@ class StatsSensor:
         self.stats = stats
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
+        if outcome == "done" and change.executed_at is not None:
+            position = change.position
+            key = f"{position.topic}/{position.partition}"
+            at = change.executed_at.timestamp()
+            if at > self.stats.applied_until.get(key, 0.0):
+                self.stats.applied_until[key] = at
+
+    def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
+        pass
+
+
+class StatsSensor(FreshnessSensor):
+    """Also feeds the histograms Stats declares from handler runs and bulk requests."""
+
+    __slots__ = ()
+
+    def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
+        super().handler_done(route, change, seconds, outcome)
         if outcome != "cancelled":  # a revoked or stopped row's time says nothing
             self.stats.handler_duration_seconds.observe(route.name, seconds)
 

@@ -46,6 +46,17 @@ class Stats:
                            metric="in_flight_rows")
     lag: dict[str, int] = gauge("Records not yet committed", labels=("topic", "partition"),
                                 status="lag")
+    seconds_behind: dict[str, float] = gauge(
+        "Seconds from the binlog time of the last row applied to now, per partition with lag "
+        "(0 when caught up)", labels=("topic", "partition"), status="seconds behind")
+    assigned_partitions: int = gauge("Partitions assigned to this process", status="partitions")
+    stalled_seconds: dict[str, float] = gauge(
+        "Seconds a partition with lag has gone without a commit, for those past "
+        "metrics.stall_seconds (stalled: /healthz says 503)", labels=("topic", "partition"),
+        status="stalled")
+    kafka_up: int = gauge("1 when Kafka answered the last probe, else 0", metric="kafka_up")
+    elasticsearch_up: int = gauge("1 when Elasticsearch answered the last probe, else 0",
+                                  metric="elasticsearch_up")
     decode_errors: int = counter("Records that are not Canal messages", status="decode errors")
     handler_errors: int = counter("Rows whose handler kept failing", status="handler errors")
     # Failures that escaped the handlers' own retry and set-aside (retried, never dropped).
@@ -85,6 +96,9 @@ class Stats:
         buckets=DURATION_BUCKETS)
     #: Observes handler runs and bulk requests (telemetry.Sensor); by default nothing.
     sensor: Sensor = field(default_factory=NullSensor, repr=False, compare=False)
+    #: Per partition ("topic/partition"): the binlog time (epoch seconds) of the newest row
+    #: a handler finished; the service turns it into seconds_behind.
+    applied_until: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
     _last_rows: int = field(default=0, repr=False)
 

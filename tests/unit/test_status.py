@@ -9,7 +9,8 @@ from esupdater.stats import Stats
 
 #: What `esupdater status` shows, in order; users and tests read these labels.
 LABELS = [
-    "uptime", "group", "rows/s", "rows done", "in flight", "lag", "decode errors",
+    "uptime", "group", "rows/s", "rows done", "in flight", "lag", "seconds behind",
+    "partitions", "stalled", "decode errors",
     "handler errors", "job errors", "rejected", "dead lettered", "dead letters truncated",
     "unrouted", "es retries", "es held", "writes applied", "stale writes",
 ]
@@ -27,6 +28,7 @@ def test_status_shows_the_stats_file_under_the_labels_users_know_in_their_order(
     assert rows["uptime"] in {"60 s", "61 s"}
     assert (rows["group"], rows["rows/s"], rows["rows done"]) == ("search", "12.5", "50")
     assert rows["lag"] == "3 (shop/0=3, shop/1=0)"
+    assert rows["stalled"] == "0 (-)"
     assert (rows["stale writes"], rows["es held"], rows["rejected"]) == ("7", "2", "0")
 
 
@@ -40,3 +42,10 @@ def test_a_stats_file_written_before_a_metric_existed_shows_it_as_zero() -> None
 
 def test_status_before_the_first_stats_file_says_so() -> None:
     assert _status_rows({}) == [("stats", "not written yet")]
+
+
+def test_seconds_behind_shows_the_worst_partition() -> None:
+    stats = Stats()
+    stats.seconds_behind = {"shop/0": 0.0, "shop/1": 12.5}
+    rows = dict(_status_rows({**stats.snapshot(), "group_id": "g", "rows_per_second": 0}))
+    assert rows["seconds behind"] == "12.5 s (shop/0=0.0, shop/1=12.5)"
