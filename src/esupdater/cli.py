@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from esupdater import __version__, bounded_exit
-from esupdater.errors import ConfigError, EsupdaterError
+from esupdater.errors import ConfigError, EsupdaterError, UnreachableError
 from esupdater.health import Verdict, liveness
 from esupdater.logs import setup_logging
 from esupdater.progress import table_progress
@@ -371,6 +371,9 @@ def _with_handlers(config: Settings, command: Callable[[], Coroutine[Any, Any, T
     try:
         load_handlers(config.handlers.package, default_registry, config.folder)
         return bounded_exit.run(command())
+    except UnreachableError as exc:  # not the configuration's fault, maybe: try again later
+        err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(1) from None
     except EsupdaterError as exc:
         err.print(f"[red]esupdater: {escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

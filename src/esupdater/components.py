@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from elasticsearch import AsyncElasticsearch
 
 from esupdater.backoff import Backoff, retry
@@ -24,6 +25,7 @@ from esupdater.bulk import BulkLimits, BulkSink, BulkWriter
 from esupdater.clients import make_elasticsearch
 from esupdater.deadletter import PartitionGate, SetAside, dead_letter_producer, make_set_aside
 from esupdater.decoding import Decoder, make_decoder
+from esupdater.errors import UnreachableError
 from esupdater.handling import HandlerRunner
 from esupdater.settings import Settings
 from esupdater.stats import Stats
@@ -65,11 +67,14 @@ async def components(
     *,
     stop: asyncio.Event | None = None,
     dead_letters: bool | None = None,
+    give_up_after: float | None = None,
 ) -> AsyncIterator[Components]:
     """Build, start and (on exit, in reverse) close the shared parts.
 
     `dead_letters`: whether to start the dead-letter producer (None: when a topic is set).
-    With `stop`, waiting for Kafka at start-up ends early when it is set.
+    With `stop`, waiting for Kafka at start-up ends early when it is set; with
+    `give_up_after` (one-shot commands), it ends after that many seconds with
+    UnreachableError.
     """
     stats = Stats()
     backoff = Backoff.from_ms(settings.bulk.initial_backoff_ms, settings.bulk.max_backoff_ms)
@@ -83,8 +88,11 @@ async def components(
         producer = None
         if settings.dead_letter.topic if dead_letters is None else dead_letters:
             producer = dead_letter_producer(settings)
-            await start_retrying(producer.start, "Kafka producer", backoff, stop)
+            # Closed even if it never starts: a producer given up on still holds a client.
             stack.push_async_callback(close_bounded, producer.stop, "Kafka producer")
+            await start_retrying(producer.start, "Kafka producer", backoff, stop,
+                                 bootstrap=settings.kafka.bootstrap_servers,
+                                 give_up_after=give_up_after)
         yield Components(
             settings=settings, stats=stats, backoff=backoff, es=es, writer=writer,
             decoder=make_decoder(settings.source), producer=producer,
@@ -113,15 +121,32 @@ async def close_bounded(close: Callable[[], Awaitable[None]], what: str) -> None
 
 async def start_retrying(
     start: Callable[[], Awaitable[None]], what: str, backoff: Backoff,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, *, bootstrap: str,
+    give_up_after: float | None = None,
 ) -> None:
-    """Kafka being down at start-up is transient too: wait for it, stoppable meanwhile."""
+    """Kafka being down at start-up is transient too: wait for it, stoppable meanwhile;
+    with `give_up_after`, at most that many seconds (then UnreachableError)."""
+    started = time.monotonic()
+
+    def worth_retrying(exc: BaseException) -> bool:
+        if not isinstance(exc, KafkaError):
+            return False
+        if give_up_after is not None and time.monotonic() - started >= give_up_after:
+            raise UnreachableError(
+                f"cannot reach Kafka at {bootstrap} ({kafka_reason(exc)}; gave up after "
+                f"{give_up_after:.0f} s)") from exc
+        return True
 
     def report(exc: BaseException, attempt: int, delay: float) -> None:
-        log.warning("%s cannot start (%r); retrying in %.1fs", what, exc, delay)
+        log.warning("cannot reach Kafka at %s (%s, %s); retrying in %.1f s", bootstrap, what,
+                    kafka_reason(exc), delay)
 
-    await retry(start, backoff, retry_on=_kafka_error, report=report, stop=stop)
+    await retry(start, backoff, retry_on=worth_retrying, report=report, stop=stop)
 
 
-def _kafka_error(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaError)
+def kafka_reason(exc: BaseException) -> str:
+    """What went wrong, in words: aiokafka's repr of a refused bootstrap lists socket tuples."""
+    if isinstance(exc, KafkaConnectionError):
+        return "no connection"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

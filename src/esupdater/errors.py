@@ -104,6 +104,10 @@ class DecodeError(EsupdaterError, ValueError):
         self.reason = reason
 
 
+class UnreachableError(EsupdaterError):
+    """A server a one-shot command needs did not answer within its wait (exit 1)."""
+
+
 class ConfigError(EsupdaterError):
     """Configuration esupdater cannot work with; the message says what and where."""
 

@@ -52,6 +52,12 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{position}]" if position else line
 
 
+def _no_connect_errors(record: logging.LogRecord) -> bool:
+    """aiokafka logs each refused connection as an ERROR with the socket's repr; the
+    retrying caller says the same once per retry, in words ("cannot reach Kafka at ...")."""
+    return not str(record.msg).startswith("Unable connect to")
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -61,5 +67,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
+    kafka = logging.getLogger("aiokafka")
+    kafka.setLevel(max(root.level, logging.WARNING))
+    kafka.filters[:] = [_no_connect_errors]
     logging.getLogger("elastic_transport").setLevel(max(root.level, logging.WARNING))

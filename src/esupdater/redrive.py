@@ -19,7 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from esupdater.change import Position
 from esupdater.clients import make_consumer, topic_partitions
-from esupdater.components import Components, close_bounded, components
+from esupdater.components import Components, close_bounded, components, start_retrying
 from esupdater.deadletter import (
     H_ATTEMPTS,
     H_HANDLER,
@@ -96,15 +96,22 @@ def _source_position(headers: dict[str, str], record: Any) -> Position:
         return Position(record.topic, record.partition, record.offset)
 
 
+#: Seconds redrive, a one-shot command, waits for Kafka before it gives up (exit 1).
+KAFKA_WAIT = 10.0
+
+
 async def redrive(settings: Settings, registry: Registry, limit: int | None) -> RedriveReport:
     topic = settings.dead_letter.topic
     if not topic:
         raise ConfigError("redrive needs [dead_letter] topic (ESUPDATER_DEAD_LETTER__TOPIC)")
     report = RedriveReport()
-    async with components(settings, dead_letters=True) as parts, AsyncExitStack() as stack:
+    async with components(settings, dead_letters=True, give_up_after=KAFKA_WAIT) as parts, \
+            AsyncExitStack() as stack:
         consumer = make_consumer(settings.kafka, group_id=f"{settings.kafka.group_id}-redrive")
-        await consumer.start()
         stack.push_async_callback(close_bounded, consumer.stop, "Kafka consumer")
+        await start_retrying(consumer.start, "Kafka consumer", parts.backoff,
+                             bootstrap=settings.kafka.bootstrap_servers,
+                             give_up_after=KAFKA_WAIT)
         partitions = (await topic_partitions(settings.kafka, [topic])).get(topic)
         if partitions is None:
             raise ConfigError(f"dead-letter topic {topic!r} does not exist")

@@ -82,7 +82,8 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         )
         if stop.is_set():
             return
-        await start_retrying(consumer.start, "Kafka consumer", parts.backoff, stop)
+        await start_retrying(consumer.start, "Kafka consumer", parts.backoff, stop,
+                             bootstrap=settings.kafka.bootstrap_servers)
         stack.push_async_callback(close_bounded, consumer.stop, "Kafka consumer")
         if stop.is_set():
             return
