@@ -15,6 +15,7 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,10 @@ class StatsCollector:
         return verdict
 
 
+#: The sensor's outcomes as the table_rows counter names them.
+_OUTCOMES = {"done": "handled", "failed": "retried", "cancelled": "cancelled"}
+
+
 class FreshnessSensor:
     """Keeps, per partition, the binlog time of the newest row a handler finished
     (`Stats.applied_until`): how far behind the binlog the index is."""
@@ -160,11 +165,18 @@ class StatsSensor(FreshnessSensor):
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
         super().handler_done(route, change, seconds, outcome)
+        stats = self.stats
         if outcome != "cancelled":  # a revoked or stopped row's time says nothing
-            self.stats.handler_duration_seconds.observe(route.name, seconds)
+            stats.handler_duration_seconds.observe(route.name, seconds)
+        key = f"{change.database}.{change.table}/{change.type}/{_OUTCOMES.get(outcome, outcome)}"
+        stats.table_rows[key] = stats.table_rows.get(key, 0) + 1
+        if outcome == "done" and change.executed_at is not None:
+            stats.binlog_to_applied_seconds.observe(
+                max(0.0, time.time() - change.executed_at.timestamp()))
 
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
         self.stats.bulk_request_duration_seconds.observe(seconds)
+        self.stats.bulk_request_actions.observe(actions)
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):

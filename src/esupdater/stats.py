@@ -24,6 +24,10 @@ from esupdater.telemetry import (
     read,
 )
 
+#: Actions in one bulk request.
+ACTION_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: Seconds behind the binlog: Canal's second-resolution time makes the first bucket 1 s.
+FRESHNESS_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: Seconds: from a quick handler's upsert to a minute of retries.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0)
@@ -94,6 +98,15 @@ class Stats:
     bulk_request_duration_seconds: Histogram = histogram(
         "Seconds from handing a batch to the bulk helper to its last item's answer",
         buckets=DURATION_BUCKETS)
+    bulk_request_actions: Histogram = histogram(
+        "Actions per bulk request batch", buckets=ACTION_BUCKETS)
+    binlog_to_applied_seconds: Histogram = histogram(
+        "Seconds from a row's binlog time (its MySQL commit) to its handler finishing with it: "
+        "Canal, Kafka and esupdater together", buckets=FRESHNESS_BUCKETS)
+    table_rows: dict[str, int] = counter(
+        "Row changes by table, type and outcome: handled (applied or set aside), retried "
+        "(an attempt failed and runs again), cancelled (partition revoked or stopping); "
+        "fed while /metrics is served", labels=("table", "type", "outcome"))
     #: Observes handler runs and bulk requests (telemetry.Sensor); by default nothing.
     sensor: Sensor = field(default_factory=NullSensor, repr=False, compare=False)
     #: Per partition ("topic/partition"): the binlog time (epoch seconds) of the newest row

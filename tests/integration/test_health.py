@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from esupdater.canal import flat_message
 from tests.integration.service_harness import (
@@ -46,6 +47,14 @@ def probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, orjson.loads(exc.read())
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 async def test_a_blocked_partition_turns_healthz_and_status_unhealthy_within_stall_seconds(
@@ -81,6 +90,14 @@ async def test_a_blocked_partition_turns_healthz_and_status_unhealthy_within_sta
     await send(0, row(1), row(2), row(3))
     await send(1, row(10), row(11), row(12))
     await service.rows_done(6)
+    metrics = await asyncio.to_thread(scrape, port)
+    assert metrics[("esupdater_table_rows_total",
+                    (("outcome", "handled"), ("table", "shop.users"), ("type", "INSERT")))] == 6
+    # Six rows, each applied about BEHIND seconds after its binlog time.
+    assert metrics[("esupdater_binlog_to_applied_seconds_count", ())] == 6
+    assert metrics[("esupdater_binlog_to_applied_seconds_sum", ())] >= 6 * (BEHIND - 5)
+    assert metrics[("esupdater_bulk_request_actions_count", ())] >= 1
+    assert metrics[("esupdater_bulk_request_actions_sum", ())] == 6
     await send(0, row(4, name="boom"), row(5))
     blocked_at = time.monotonic()
 
