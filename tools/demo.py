@@ -36,6 +36,7 @@ from rich.syntax import Syntax
 
 from esupdater.canal import flat_message
 from esupdater.testing import MemorySink, apply, changes_from_canal
+from tools.kafka_admin import group_call
 from tools.local_stack import ELASTICSEARCH, KAFKA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,7 +334,7 @@ def child_env() -> dict[str, str]:
 
 
 async def committed(admin: AIOKafkaAdminClient) -> int:
-    offsets = await admin.list_consumer_group_offsets(GROUP)
+    offsets = await group_call(lambda: admin.list_consumer_group_offsets(GROUP))
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == TOPIC)
 
 

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from tools.kafka_admin import group_call
 from tools.local_stack import (
     ELASTICSEARCH,
     KAFKA,
@@ -270,7 +271,8 @@ async def caught_up(group: str, marker: str, timeout: float) -> None:  # noqa: A
         tps = [TopicPartition(CANAL_TOPIC, p) for p in sorted(partitions)]
         ends = await consumer.end_offsets(tps)
         while True:
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            committed = await group_call(
+                lambda: admin.list_consumer_group_offsets(group, partitions=tps))
             if all(committed.get(tp) is not None and committed[tp].offset >= ends[tp]
                    for tp in tps):
                 return

@@ -31,6 +31,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from esupdater.canal import flat_message, protobuf_message
+from tools.kafka_admin import group_call
 
 T = TypeVar("T")
 TopicFactory = Callable[..., Awaitable[str]]  # conftest's new_topic
@@ -375,7 +376,8 @@ async def committed_and_end(
         assert partitions, f"topic {topic} has no partitions: {described}"
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        committed = await group_call(
+            lambda: admin.list_consumer_group_offsets(group, partitions=tps))
     finally:
         await admin.close()
         await consumer.stop()
