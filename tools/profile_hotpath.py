@@ -117,7 +117,8 @@ async def ensure_backlog(stack: Stack, rows: int, shape: int) -> str:
 
 
 async def run_child(
-    stack: Stack, mode: str, topic: str, index: str, *, profile: Path | None
+    stack: Stack, mode: str, topic: str, index: str, *, profile: Path | None,
+    native: bool = False,
 ) -> Measured:
     work = Path(tempfile.mkdtemp(prefix="profile-hotpath-"))
     group = f"{TOPIC_PREFIX}-{mode}-{time.monotonic_ns()}"
@@ -130,6 +131,7 @@ async def run_child(
     if profile is not None:
         py_spy = Path(sys.executable).with_name("py-spy")
         command = [str(py_spy), "record", "--format", "raw", "--nolineno", "--rate", "250",
+                   *(["--native"] if native else []),
                    "--output", str(profile), "--", *command]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = (work / "child.log").open("wb")
@@ -210,7 +212,7 @@ async def parent(args: argparse.Namespace) -> None:
                         profile = args.profile / f"{args.tag}-{shape}row.txt"
                     try:
                         results[mode] = await run_child(stack, mode, topic, index,
-                                                        profile=profile)
+                                                        profile=profile, native=args.native)
                         documents = await stack.count(index)
                     finally:
                         await stack.drop_index(index)
@@ -367,6 +369,8 @@ def main() -> None:
     parser.add_argument("--modes", default="esupdater,loop")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", type=Path, help="py-spy the esupdater runs into DIR")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: C frames too (the garbage collector, syscalls)")
     parser.add_argument("--tag", default="profile", help="file name prefix of the profiles")
     parser.add_argument("--drop-topics", action="store_true")
     args = parser.parse_args()

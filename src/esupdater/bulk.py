@@ -175,8 +175,11 @@ class BulkWriter:
         # Unsettled writes per (index, id), in submission order.
         self._order: dict[tuple[Any, Any], list[_Ticket]] = {}
         self._dumps = es.transport.serializers.get_serializer("application/json").dumps
+        # The lanes' loop, kept: looking it up per action costs a system call (getpid).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._run_lane(lane), name=f"bulk-lane-{i}")
             for i, lane in enumerate(self._lanes)
@@ -189,6 +192,7 @@ class BulkWriter:
             lane.wake()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._loop = None
 
     async def execute(self, action: Action) -> dict[str, Any]:
         """Queue one action; return its item result once acknowledged.
@@ -219,7 +223,10 @@ class BulkWriter:
     def _queue(
         self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None
     ) -> asyncio.Future[dict[str, Any]]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # not started: no lane runs, but the caller may still wait
+            loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         lanes = self._lanes
         lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
         lane.items.append((action, future, ticket))
@@ -322,29 +329,40 @@ class BulkWriter:
             if future.done() or not _may_go(item):
                 items.popleft()
                 continue
+            lines = batch.lines
+            before = len(lines)
             try:
-                lines = self._lines(action)
+                size = self._lines(action, lines)
             except (SerializationError, RecursionError) as exc:
+                del lines[before:]
                 items.popleft()
                 _refuse_unserialisable(action, future, exc)
                 continue
-            size = sum(len(line) for line in lines) + len(lines) * _NEWLINE
             if batch.items and batch.size + size > limits.max_chunk_bytes:
+                del lines[before:]
                 break  # the next request's first
             items.popleft()
             batch.items.append(item)
-            batch.lines += lines
             batch.size += size
         return batch
 
-    def _lines(self, action: Action) -> list[bytes]:
-        """The action's NDJSON lines: the action line, and the document unless a delete."""
+    def _lines(self, action: Action, lines: list[bytes]) -> int:
+        """Append the action's NDJSON lines to `lines` (the action line, and the document
+        unless a delete); returns their size in bytes, newlines included. Appended in
+        place: no list per action."""
         dumps = self._dumps
         op_type = action.get("_op_type", "index")
         source = action.get("_source")
         if op_type == "update" and source is not None and not isinstance(source, Mapping):
             header, body = expand_action(action)  # _source filtering of an update: rare
-            return [dumps(header)] if body is None else [dumps(header), dumps(body)]
+            header_line = dumps(header)
+            if body is None:
+                lines.append(header_line)
+                return len(header_line) + _NEWLINE
+            body_line = dumps(body)
+            lines.append(header_line)
+            lines.append(body_line)
+            return len(header_line) + len(body_line) + 2 * _NEWLINE
         meta: dict[str, Any] = {}
         rest = False
         for key, value in action.items():
@@ -355,12 +373,19 @@ class BulkWriter:
                 rest = True
         header_line = dumps({op_type: meta})
         if op_type == "delete":
-            return [header_line]
+            lines.append(header_line)
+            return len(header_line) + _NEWLINE
         if source is None or "_source" not in action:
             if not rest:
-                return [header_line, dumps({})]
-            source = {k: v for k, v in action.items() if k != "_op_type" and k not in _META_KEYS}
-        return [header_line, dumps(source)]
+                source = {}
+            else:
+                source = {
+                    k: v for k, v in action.items() if k != "_op_type" and k not in _META_KEYS
+                }
+        body_line = dumps(source)
+        lines.append(header_line)
+        lines.append(body_line)
+        return len(header_line) + len(body_line) + 2 * _NEWLINE
 
     async def _send(self, batch: _Batch) -> None:
         """One bulk request; every action of it gets its item's outcome."""
@@ -368,8 +393,10 @@ class BulkWriter:
         sensor = self.stats.sensor
         started = time.perf_counter()
         try:
-            # Lines already serialised: the client's NDJSON serializer sends them as they are.
-            response = await self.es.bulk(operations=cast(Any, batch.lines))
+            # One body of the serialised lines: the client's NDJSON serializer sends bytes as
+            # they are (a list would be copied line by line into a new buffer).
+            body = b"\n".join(batch.lines) + b"\n"
+            response = await self.es.bulk(operations=cast(Any, body))
         except ApiError as exc:  # the whole request refused (429, 413, ...): each item so
             sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
             info = {"error": str(exc), "status": exc.status_code, "exception": exc}

@@ -38,9 +38,10 @@ class Context:
         self.change = change
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self.es = es  # type: ignore[assignment]  # None only in the test harness
-        # Every write called: (method, its coroutine); a finished coroutine has no frame.
-        # Any: typing's Coroutine does not declare cr_frame, types.CoroutineType does.
-        self._writes: list[tuple[str, Any]] = []
+        # Every write called, flat: method, its coroutine, method, ... (no tuple per write);
+        # a finished coroutine has no frame. Any: typing's Coroutine does not declare
+        # cr_frame, types.CoroutineType does.
+        self._writes: list[Any] = []
 
     es: AsyncElasticsearch
     """The client itself, for anything the helpers below do not cover."""
@@ -104,12 +105,16 @@ class Context:
         are applied in the given order, retries included.
         """
         coroutine = self._gather(actions)
-        self._writes.append(("bulk", coroutine))
+        self._writes += ("bulk", coroutine)
         return coroutine
 
     def unfinished(self) -> bool:
         """Whether a write the handler called has not finished (cheap: no names built)."""
-        return any(coroutine.cr_frame is not None for _, coroutine in self._writes)
+        writes = self._writes
+        for place in range(1, len(writes), 2):  # noqa: SIM110 - no generator per row
+            if writes[place].cr_frame is not None:
+                return True
+        return False
 
     def unawaited_error(self, handler: str) -> UnawaitedCallError | None:
         """The error for writes the handler called and had not finished when it returned.
@@ -117,13 +122,11 @@ class Context:
         The ones never started are closed (no "never awaited" warning at garbage
         collection); nothing of theirs was sent.
         """
-        for _, coroutine in self._writes:
-            if coroutine.cr_frame is not None:  # None: finished (or closed unstarted)
-                break
-        else:
+        if not self.unfinished():  # every frame None: finished (or closed unstarted)
             return None  # the usual case, kept cheap
         never, running = [], []
-        for method, coroutine in self._writes:
+        writes = self._writes
+        for method, coroutine in zip(writes[::2], writes[1::2], strict=True):
             if coroutine.cr_frame is None:
                 continue
             if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
@@ -146,7 +149,9 @@ class Context:
 
     def _write(self, method: str, action: Action) -> Result:
         coroutine = self.sink.execute(action)
-        self._writes.append((method, coroutine))
+        writes = self._writes
+        writes.append(method)
+        writes.append(coroutine)
         return coroutine
 
     async def _gather(self, actions: Iterable[Action]) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ class KeyedDispatcher:
         self._predecessors: dict[asyncio.Task[None], tuple[asyncio.Task[None], ...]] = {}
         self._barriers: dict[tuple[Hashable, ...], asyncio.Task[None]] = {}  # unfinished, per scope
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:
@@ -128,17 +129,21 @@ class KeyedDispatcher:
     ) -> asyncio.Task[None]:
         """Make the admitted job's task, chained after what it must follow."""
         tails = self._tails
-        earlier: list[asyncio.Task[None]] = []
         previous = tails.get(key)
-        if previous is not None:
-            earlier.append(previous)
-        if after is not None and (also := tails.get(after)) is not None:
-            earlier.append(also)
-        if barrier is not None:
-            earlier.extend(self._scope_tails(barrier))
-        elif self._barriers:
-            earlier.extend(self._barriers_over(key))
-        loop = asyncio.get_running_loop()
+        earlier: list[asyncio.Task[None]] | None = None
+        if previous is not None or after is not None or barrier is not None or self._barriers:
+            earlier = [] if previous is None else [previous]
+            if after is not None and (also := tails.get(after)) is not None:
+                earlier.append(also)
+            if barrier is not None:
+                earlier.extend(self._scope_tails(barrier))
+            elif self._barriers:
+                earlier.extend(self._barriers_over(key))
+        # The running loop, looked up only while nothing is in flight: asking for it costs a
+        # system call (getpid) each time, and in-flight tasks pin the loop anyway.
+        loop = self._loop
+        if loop is None or not self._tasks:
+            loop = self._loop = asyncio.get_running_loop()
         if earlier:
             task = loop.create_task(self._run(tuple(earlier), job))
             self._predecessors[task] = tuple(earlier)
@@ -254,12 +259,11 @@ class KeyedDispatcher:
     ) -> None:
         self._release()
         self._tasks.discard(task)
-        keys = (key, after, barrier)
         if task.cancelled():
-            self._forget_when_settled(task, keys)
+            self._forget_when_settled(task, (key, after, barrier))
         else:
-            self._forget(task, keys)  # it ran, so everything it came after is done
-        if not task.cancelled():
+            # It ran, so everything it came after is done.
+            self._forget(task, key, after, barrier)
             task.exception()  # marks it retrieved; the caller's future still carries it
         if group is not None:
             members = self._groups[group]
@@ -277,11 +281,17 @@ class KeyedDispatcher:
         if ahead is not None:
             ahead.add_done_callback(partial(self._forget_when_settled, task, keys))
         else:
-            self._forget(task, keys)
+            self._forget(task, *keys)
 
-    def _forget(self, task: asyncio.Task[None], keys: _Keys) -> None:
-        key, after, barrier = keys
-        self._predecessors.pop(task, None)
+    def _forget(
+        self,
+        task: asyncio.Task[None],
+        key: Hashable,
+        after: Hashable | None,
+        barrier: tuple[Hashable, ...] | None,
+    ) -> None:
+        if self._predecessors:
+            self._predecessors.pop(task, None)
         if self._tails.get(key) is task:
             del self._tails[key]  # last job of this key
         if after is not None and self._tails.get(after) is task:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import KW_ONLY, dataclass
 from functools import partial
 
@@ -50,7 +51,7 @@ class HandlerRunner:
 
     async def run(self, change: Change, routes: tuple[Route, ...], value: bytes | None) -> None:
         sensor = self.stats.sensor  # told how each route's run went (telemetry.Sensor)
-        clock = asyncio.get_running_loop().time
+        clock = time.perf_counter  # as bulk requests are timed; no loop lookup (a getpid) per row
         for route in routes:
             started, outcome = clock(), "failed"
             try:

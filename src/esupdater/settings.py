@@ -216,13 +216,13 @@ class SourceSettings(_Section):
 class DispatchSettings(_Section):
     """How many rows are handled at once (esupdater.dispatch); there is no worker pool."""
 
-    max_rows_in_flight: int = Field(default=256, ge=1, le=100_000)
+    max_rows_in_flight: int = Field(default=1024, ge=1, le=100_000)
 
 
 class BulkSettings(_Section):
     """The shared bulk writer's batching and retry policy."""
 
-    chunk_size: int = Field(default=500, ge=1, le=100_000)
+    chunk_size: int = Field(default=1000, ge=1, le=100_000)
     max_chunk_bytes: int = Field(default=10 * MIB, ge=1024, le=1024 * MIB)
     flush_interval_ms: int = Field(default=50, ge=0, le=60_000)
     max_requests_in_flight: int = Field(default=2, ge=1, le=64)

@@ -1,4 +1,4 @@
-"""Just enough of `AsyncElasticsearch` for `async_streaming_bulk`, failing where a test says.
+"""Just enough of `AsyncElasticsearch` for the bulk writer, failing where a test says.
 
 Like elasticsearch-py's own tests of the bulk helpers: a client whose `bulk` is scripted
 ("fail at call N") and otherwise applies index / update / delete to a dict, as Elasticsearch
@@ -72,7 +72,10 @@ class FakeElasticsearch:
     def options(self, **_: Any) -> FakeElasticsearch:
         return self
 
-    async def bulk(self, *, operations: list[bytes], **_: Any) -> SimpleNamespace:
+    async def bulk(self, *, operations: bytes | list[bytes], **_: Any) -> SimpleNamespace:
+        if isinstance(operations, bytes):  # one NDJSON body: every line ends with a newline
+            assert operations.endswith(b"\n"), "an NDJSON body must end with a newline"
+            operations = operations[:-1].split(b"\n")
         lines = [orjson.loads(line) for line in operations]
         call = Call([])
         items: list[dict[str, Any]] = []

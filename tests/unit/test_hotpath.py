@@ -121,3 +121,80 @@ async def test_submit_nowait_takes_a_free_slot_and_never_waits() -> None:
     gate.set()
     await dispatcher.drain(timeout=5)
     assert order == ["a1", "a2"]  # the same key still in submission order
+
+
+class _RecordingElasticsearch(FakeElasticsearch):
+    """Keeps each request's body as the writer handed it to the client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[Any] = []
+
+    async def bulk(self, *, operations: bytes | list[bytes], **kwargs: Any) -> Any:
+        self.bodies.append(operations)
+        return await super().bulk(operations=operations, **kwargs)
+
+
+async def test_a_request_is_one_ndjson_body_of_every_line() -> None:
+    es = _RecordingElasticsearch()
+    writer = BulkWriter(cast(Any, es), BulkLimits(max_in_flight=1), QUICK)
+    await writer.start()
+    try:
+        await asyncio.gather(
+            writer.execute({"_index": "i", "_id": "1", "_source": {"a": 1}}),
+            writer.execute({"_op_type": "delete", "_index": "i", "_id": "2"}),
+            writer.execute({"_index": "i", "_id": "3", "_source": {"c": "x\ny"}}),
+        )
+    finally:
+        await writer.close()
+    assert len(es.bodies) == 1
+    body = es.bodies[0]
+    assert isinstance(body, bytes)
+    assert body.split(b"\n") == [
+        b'{"index":{"_index":"i","_id":"1"}}', b'{"a":1}',
+        b'{"delete":{"_index":"i","_id":"2"}}',
+        b'{"index":{"_index":"i","_id":"3"}}', b'{"c":"x\\ny"}',
+        b"",  # the body ends with a newline
+    ]
+
+
+def test_the_dispatcher_works_in_one_event_loop_after_another() -> None:
+    """The dispatcher keeps its event loop while jobs are in flight (looking it up costs a
+    system call per row): a later loop must get its own, not the closed one."""
+    dispatcher = KeyedDispatcher(4)
+    docs: dict[tuple[str, str], Any] = {}
+    done: list[int] = []
+
+    async def one_round(n: int) -> None:
+        es = FakeElasticsearch()
+        writer = BulkWriter(cast(Any, es), BulkLimits(max_in_flight=1), QUICK)
+        await writer.start()
+        try:
+            async def job() -> None:
+                await writer.execute({"_index": "i", "_id": str(n), "_source": {"n": n}})
+                done.append(n)
+
+            assert dispatcher.submit_nowait(("db", "t", str(n)), job) is not None
+            assert await dispatcher.drain(timeout=5)
+        finally:
+            await writer.close()
+        docs.update(es.docs)
+
+    for n in range(3):
+        asyncio.run(one_round(n))
+    assert done == [0, 1, 2]
+    assert docs == {("i", str(n)): {"n": n} for n in range(3)}
+
+
+def test_a_table_whose_types_change_is_typed_by_the_new_ones_and_back() -> None:
+    before = flat_message("db", "t", "INSERT", [{"id": "1", "v": "7"}],
+                          mysql_types={"id": "int", "v": "int"})
+    after = flat_message("db", "t", "INSERT", [{"id": "1", "v": "7"}],
+                         mysql_types={"id": "int", "v": "varchar(8)"})
+    other = flat_message("db", "u", "INSERT", [{"id": "1", "v": "7"}],
+                         mysql_types={"id": "int", "v": "varchar(8)"})
+    assert decode(before)[0].row == {"id": 1, "v": 7}
+    assert decode(other)[0].row == {"id": 1, "v": "7"}
+    assert decode(after)[0].row == {"id": 1, "v": "7"}  # an ALTER changed the column
+    assert decode(before)[0].row == {"id": 1, "v": 7}  # a replayed older record
+    assert decode(other)[0].row == {"id": 1, "v": "7"}

@@ -29,6 +29,10 @@ _JSON_NAMES: dict[type, str] = {
 }
 
 
+#: `Change.changed` of a row that is not an UPDATE's: one shared empty set, not one per row.
+_NO_COLUMNS: frozenset[str] = frozenset()
+
+
 def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> list[Change]:
     """One Change per row of a FlatMessage, or one for its DDL statement."""
     try:
@@ -68,7 +72,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         return []
     if type_ not in ROW_TYPES:
         raise CanalDecodeError(position, f"unknown event type {type_!r} for rows")
-    typer = _typer(message, position, tinyint1_as_bool)
+    typer = _typer(message, database, table, position, tinyint1_as_bool)
     olds: list[Any] = []
     if type_ == "UPDATE":
         olds = _optional(message, "old", list, position) or [{}] * len(data)
@@ -83,7 +87,7 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         row = typer(raw)  # first: it checks that every value is a string or null
         old = None
         old_pk = None
-        changed: frozenset[str] = frozenset()
+        changed = _NO_COLUMNS
         if olds:
             raw_old = olds[index]
             if not isinstance(raw_old, dict):
@@ -99,31 +103,31 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
     return changes
 
 
-#: Row typers by the message's column types: one table's messages share them, so the
-#: converters are looked up once per schema rather than once per message.
-_typers: dict[tuple[Any, ...], RowTyper] = {}
-_MAX_TYPERS = 4096  # schemas kept; beyond that (schema churn), start again
+#: Row typers per table (database NUL table), each with the column types it was built
+#: from: one table's messages share them, so the converters are looked up once per schema
+#: rather than once per message. Checked by comparing the message's type maps with the
+#: kept ones (no key built per message); a table whose types change gets a new typer.
+#: One map per `tinyint1_as_bool`.
+_typers: tuple[dict[str, tuple[Any, Any, RowTyper]], ...] = ({}, {})
+_MAX_TYPERS = 4096  # tables kept; beyond that, start again
 
 
-def _typer(message: dict[str, Any], position: Position, tinyint1_as_bool: bool) -> RowTyper:
+def _typer(
+    message: dict[str, Any], database: str, table: str, position: Position,
+    tinyint1_as_bool: bool,
+) -> RowTyper:
     mysql_types = message.get("mysqlType")
     sql_types = message.get("sqlType")
-    try:
-        key = (
-            tinyint1_as_bool,
-            tuple(mysql_types.items()) if type(mysql_types) is dict else mysql_types,
-            tuple(sql_types.items()) if type(sql_types) is dict else sql_types,
-        )
-        found = _typers.get(key)
-    except TypeError:  # unhashable values: not valid types either, said below
-        key, found = None, None
-    if found is None:
-        found = RowTyper(_converters(message, position, tinyint1_as_bool), position)
-        if key is not None:
-            if len(_typers) >= _MAX_TYPERS:
-                _typers.clear()
-            _typers[key] = found
-    return found.at(position)
+    kept = _typers[tinyint1_as_bool]
+    key = database + "\0" + table  # NUL: never inside a MySQL identifier
+    found = kept.get(key)
+    if found is not None and found[0] == mysql_types and found[1] == sql_types:
+        return found[2].at(position)
+    typer = RowTyper(_converters(message, position, tinyint1_as_bool), position)
+    if len(kept) >= _MAX_TYPERS:
+        kept.clear()
+    kept[key] = (mysql_types, sql_types, typer)
+    return typer
 
 
 def _converters(
