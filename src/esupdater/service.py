@@ -9,6 +9,7 @@ SIGINT drain the same way.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -96,6 +97,7 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         if settings.metrics.port:
             serve_metrics(settings.metrics.host, settings.metrics.port, parts.stats,
                           settings.metrics.stall_seconds)
+        tune_gc()
         log.info("consuming %s as group %r from %s", ", ".join(settings.kafka.topics),
                  settings.kafka.group_id, settings.kafka.bootstrap_servers)
         watchers = [
@@ -109,6 +111,25 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
+
+
+#: Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the hot path.
+
+    Each row in flight holds some twenty objects (its change, row, context, task, bulk
+    ticket), and every collection walks all of them: with a thousand rows in flight CPython's
+    default (a young collection every 700 allocations) spent 13-38% of the CPU in the
+    collector. After start-up, everything built so far (modules, handlers, clients) is frozen
+    out of the collector's walks, and young collections run every 50,000 allocations; the
+    rows themselves are freed by reference counting as before.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def _check_topics(settings: Settings, consumer: AIOKafkaConsumer) -> None:
