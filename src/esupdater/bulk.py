@@ -396,6 +396,7 @@ class BulkWriter:
             # One body of the serialised lines: the client's NDJSON serializer sends bytes as
             # they are (a list would be copied line by line into a new buffer).
             body = b"\n".join(batch.lines) + b"\n"
+            self.stats.bulk_request_bytes.observe(len(body))
             response = await self.es.bulk(operations=cast(Any, body))
         except ApiError as exc:  # the whole request refused (429, 413, ...): each item so
             sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)

@@ -149,7 +149,8 @@ class ConsumeLoop:
             for record in records:
                 if not admit():
                     break  # revoked while we were feeding: the next owner replays it
-                if not await self.feeder.feed(tp, record.offset, record.value, admit):
+                if not await self.feeder.feed(tp, record.offset, record.value, admit,
+                                              _kafka_time(record)):
                     break
                 self.pauses.check_backlog(tp, self.offsets.partition(tp).pending)
 
@@ -279,6 +280,13 @@ class ConsumeLoop:
                 continue  # nothing committed by anyone and nothing fetched yet
             lag[f"{tp.topic}/{tp.partition}"] = max(0, highwater - low)
         return lag
+
+
+def _kafka_time(record: object) -> float | None:
+    """A record's Kafka timestamp in epoch seconds; None where there is none (messages of
+    the oldest format carry none)."""
+    stamp = getattr(record, "timestamp", None)
+    return stamp / 1000 if isinstance(stamp, int) and stamp >= 0 else None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

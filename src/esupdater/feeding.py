@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
 from functools import partial
@@ -50,10 +51,12 @@ class Feeder:
     gate: PartitionGate
 
     async def feed(
-        self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit
+        self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit,
+        appended_at: float | None = None,
     ) -> bool:
         """Submit one record's rows; False if its partition was revoked meanwhile (the rows
-        not yet submitted are dropped, so the record is never committed by this owner)."""
+        not yet submitted are dropped, so the record is never committed by this owner).
+        `appended_at`: the record's Kafka time, for the append-to-acknowledgement histogram."""
         stats = self.stats
         last = self.offsets.partition(tp).last_tracked
         if last is not None and offset <= last:
@@ -76,7 +79,7 @@ class Feeder:
                 stats.unrouted += 1
         if not routed:
             stats.skipped_records += 1
-        partition = self.offsets.track(tp, offset, len(routed))
+        partition = self.offsets.track(tp, offset, len(routed), appended_at)
         stats.rows += len(routed)
         dispatcher, row = self.dispatcher, self._row
         for change, routes in routed:
@@ -120,8 +123,10 @@ class Feeder:
         except Exception as exc:  # noqa: BLE001 - observed below, retried, never lost
             first = exc
         else:
-            partition.row_done(change.position.offset)
+            appended_at = partition.row_done(change.position.offset)
             self.stats.rows_done += 1
+            if appended_at is not None:
+                self.stats.kafka_to_ack_seconds.observe(time.time() - appended_at)
             return
         await self._observed(partition, change.position, change,
                              partial(self.runner.run, change, routes, value), first)
@@ -178,9 +183,11 @@ class Feeder:
             await _stray_cancel_as_error(work)
 
         await retry(attempt, self.backoff, retry_on=_any_error, report=report)
-        partition.row_done(position.offset)
+        appended_at = partition.row_done(position.offset)
         if change is not None:
             self.stats.rows_done += 1
+        if appended_at is not None:
+            self.stats.kafka_to_ack_seconds.observe(time.time() - appended_at)
 
 
 class _StrayCancel(Exception):

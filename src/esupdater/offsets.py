@@ -24,6 +24,7 @@ class PartitionOffsets:
     def __init__(self) -> None:
         self._order: deque[int] = deque()  # tracked, not yet passed by the commit point
         self._rows_left: dict[int, int] = {}  # offset -> row jobs not yet done
+        self._appended: dict[int, float] = {}  # offset -> the record's Kafka time, if known
         self._last_done: int | None = None  # end of the contiguous done run
         self._last_tracked: int | None = None
         self._first_tracked: int | None = None
@@ -55,8 +56,9 @@ class PartitionOffsets:
             return self.start
         return self._first_tracked
 
-    def track(self, offset: int, rows: int) -> None:
-        """Register a fetched record, in fetch order, with the number of row jobs it produced."""
+    def track(self, offset: int, rows: int, appended_at: float | None = None) -> None:
+        """Register a fetched record, in fetch order, with the number of row jobs it produced
+        and its Kafka time (epoch seconds), which `row_done` gives back when it is done."""
         if rows < 0:
             raise ValueError(f"rows must be >= 0, got {rows} for offset {offset}")
         if self._last_tracked is not None and offset <= self._last_tracked:
@@ -72,15 +74,21 @@ class PartitionOffsets:
             return
         self._order.append(offset)
         self._rows_left[offset] = rows
+        if appended_at is not None and rows:
+            self._appended[offset] = appended_at
 
-    def row_done(self, offset: int) -> None:
-        """One row job of the record at `offset` finished (acknowledged or dead-lettered)."""
+    def row_done(self, offset: int) -> float | None:
+        """One row job of the record at `offset` finished (acknowledged or dead-lettered).
+        Returns the record's Kafka time when this was its last row, if it was tracked with one."""
         left = self._rows_left.get(offset)
         if left is None or left == 0:
             raise KeyError(f"offset {offset} has no row job outstanding")
         self._rows_left[offset] = left - 1
-        if left == 1 and self._order[0] == offset:
+        if left != 1:
+            return None
+        if self._order[0] == offset:
             self._advance()
+        return self._appended.pop(offset, None)
 
     def _advance(self) -> None:
         order, rows_left = self._order, self._rows_left
@@ -107,6 +115,7 @@ class PartitionOffsets:
         """Forget everything (revocation, seek): the next owner starts from Kafka's commit."""
         self._order.clear()
         self._rows_left.clear()
+        self._appended.clear()
         self._last_done = self._last_tracked = self._first_tracked = self._committed = None
         self.start = None
 
@@ -127,14 +136,15 @@ class OffsetTracker(Generic[TP]):
     def pending(self) -> int:
         return sum(p.pending for p in self._partitions.values())
 
-    def track(self, tp: TP, offset: int, rows: int) -> PartitionOffsets:
+    def track(self, tp: TP, offset: int, rows: int,
+              appended_at: float | None = None) -> PartitionOffsets:
         """Track a record; the returned object may be kept to report its rows done.
 
         Reporting through it is safe across rebalances: after `forget(tp)` it is detached,
         so a late row cannot count against a re-assigned partition's records.
         """
         partition = self.partition(tp)
-        partition.track(offset, rows)
+        partition.track(offset, rows, appended_at)
         return partition
 
     def row_done(self, tp: TP, offset: int) -> bool:

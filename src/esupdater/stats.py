@@ -24,6 +24,8 @@ from esupdater.telemetry import (
     read,
 )
 
+#: Bytes of one bulk request: 1 KiB to bulk.max_chunk_bytes' default (10 MiB) and beyond.
+BYTE_BUCKETS = (1024, 16384, 65536, 262144, 1048576, 4194304, 10485760, 52428800)
 #: Actions in one bulk request.
 ACTION_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 #: Seconds behind the binlog: Canal's second-resolution time makes the first bucket 1 s.
@@ -100,6 +102,11 @@ class Stats:
         buckets=DURATION_BUCKETS)
     bulk_request_actions: Histogram = histogram(
         "Actions per bulk request batch", buckets=ACTION_BUCKETS)
+    bulk_request_bytes: Histogram = histogram(
+        "Bytes of one bulk request body", buckets=BYTE_BUCKETS)
+    kafka_to_ack_seconds: Histogram = histogram(
+        "Seconds from a record's Kafka timestamp (its append, or its producer's send) to "
+        "Elasticsearch's acknowledgement of its last row", buckets=DURATION_BUCKETS)
     binlog_to_applied_seconds: Histogram = histogram(
         "Seconds from a row's binlog time (its MySQL commit) to its handler finishing with it: "
         "Canal, Kafka and esupdater together", buckets=FRESHNESS_BUCKETS)

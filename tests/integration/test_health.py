@@ -98,6 +98,12 @@ async def test_a_blocked_partition_turns_healthz_and_status_unhealthy_within_sta
     assert metrics[("esupdater_binlog_to_applied_seconds_sum", ())] >= 6 * (BEHIND - 5)
     assert metrics[("esupdater_bulk_request_actions_count", ())] >= 1
     assert metrics[("esupdater_bulk_request_actions_sum", ())] == 6
+    # Each bulk body: 6 actions of two NDJSON lines each, some tens of bytes a line.
+    assert metrics[("esupdater_bulk_request_bytes_count", ())] >= 1
+    assert 6 * 2 * 20 <= metrics[("esupdater_bulk_request_bytes_sum", ())] <= 6 * 2 * 400
+    # Kafka append -> acknowledgement, once per record: sent just now, so short.
+    assert metrics[("esupdater_kafka_to_ack_seconds_count", ())] == 6
+    assert 0 < metrics[("esupdater_kafka_to_ack_seconds_sum", ())] < 6 * 30
     await send(0, row(4, name="boom"), row(5))
     blocked_at = time.monotonic()
 

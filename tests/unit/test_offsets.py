@@ -176,3 +176,18 @@ def test_a_late_row_through_the_tracked_handle_cannot_touch_a_reassigned_partiti
     tracker.track("p0", 10, 1)  # re-assigned: replayed from the last commit
     handle.row_done(10)
     assert tracker.commit_map() == {}
+
+
+def test_the_row_that_completes_a_record_gets_the_record_s_kafka_time() -> None:
+    """For the Kafka-append -> acknowledgement histogram: measured once per record, when its
+    last row is done, from the time the record was tracked with."""
+    offsets = PartitionOffsets()
+    offsets.track(10, 2, appended_at=1000.5)
+    offsets.track(11, 1)  # no time known: nothing to measure
+    assert offsets.row_done(10) is None  # one row of two
+    assert offsets.row_done(11) is None
+    assert offsets.row_done(10) == 1000.5  # the record is acknowledged now
+    offsets.track(12, 1, appended_at=2000.0)
+    offsets.reset()  # revoked: forgotten with the rest
+    offsets.track(20, 1, appended_at=3000.0)
+    assert offsets.row_done(20) == 3000.0
