@@ -77,6 +77,7 @@ class Feeder:
                 routed.append((change, routes))
             else:
                 stats.unrouted += 1
+                stats.count_table_row(change.database, change.table, change.type, "skipped")
         if not routed:
             stats.skipped_records += 1
         partition = self.offsets.track(tp, offset, len(routed), appended_at)

@@ -161,23 +161,15 @@ class FreshnessSensor:
 class StatsSensor(FreshnessSensor):
     """Also feeds the histograms Stats declares from handler runs and bulk requests."""
 
-    __slots__ = ("_keys",)
-
-    def __init__(self, stats: Stats) -> None:
-        super().__init__(stats)
-        self._keys: dict[tuple[str, str, str, str], str] = {}
+    __slots__ = ()
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
         super().handler_done(route, change, seconds, outcome)
         stats = self.stats
         if outcome != "cancelled":  # a revoked or stopped row's time says nothing
             stats.handler_duration_seconds.observe(route.name, seconds)
-        labels = (change.database, change.table, change.type, outcome)
-        key = self._keys.get(labels)
-        if key is None:  # built once per table, type and outcome, not per row
-            key = self._keys[labels] = (f"{change.database}.{change.table}/{change.type}/"
-                                        f"{_OUTCOMES.get(outcome, outcome)}")
-        stats.table_rows[key] = stats.table_rows.get(key, 0) + 1
+        stats.count_table_row(change.database, change.table, change.type,
+                              _OUTCOMES.get(outcome, outcome))
         if outcome == "done" and change.executed_at is not None:
             stats.binlog_to_applied_seconds.observe(
                 max(0.0, time.time() - change.executed_at.timestamp()))

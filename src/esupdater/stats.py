@@ -111,16 +111,26 @@ class Stats:
         "Seconds from a row's binlog time (its MySQL commit) to its handler finishing with it: "
         "Canal, Kafka and esupdater together", buckets=FRESHNESS_BUCKETS)
     table_rows: dict[str, int] = counter(
-        "Row changes by table, type and outcome: handled (applied or set aside), retried "
-        "(an attempt failed and runs again), cancelled (partition revoked or stopping); "
-        "fed while /metrics is served", labels=("table", "type", "outcome"))
+        "Row changes by table, type and outcome: skipped (no handler), and while /metrics is "
+        "served handled (applied or set aside), retried (an attempt failed and runs again), "
+        "cancelled (partition revoked or stopping)", labels=("table", "type", "outcome"))
     #: Observes handler runs and bulk requests (telemetry.Sensor); by default nothing.
     sensor: Sensor = field(default_factory=NullSensor, repr=False, compare=False)
     #: Per partition ("topic/partition"): the binlog time (epoch seconds) of the newest row
     #: a handler finished; the service turns it into seconds_behind.
     applied_until: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    _table_keys: dict[tuple[str, str, str, str], str] = field(
+        default_factory=dict, repr=False, compare=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
     _last_rows: int = field(default=0, repr=False)
+
+    def count_table_row(self, database: str, table: str, type: str, outcome: str) -> None:
+        """One row change of `database.table` into table_rows (its label built once)."""
+        labels = (database, table, type, outcome)
+        key = self._table_keys.get(labels)
+        if key is None:
+            key = self._table_keys[labels] = f"{database}.{table}/{type}/{outcome}"
+        self.table_rows[key] = self.table_rows.get(key, 0) + 1
 
     def rate(self) -> float:
         """Rows done per second since the previous call."""

@@ -89,10 +89,14 @@ async def test_a_blocked_partition_turns_healthz_and_status_unhealthy_within_sta
 
     await send(0, row(1), row(2), row(3))
     await send(1, row(10), row(11), row(12))
+    orders = flat_message("shop", "orders", "INSERT", [row(90)], mysql_types=MYSQL_TYPES)
+    await canal.send_and_wait(service.topic, orders, partition=1)  # no handler: skipped
     await service.rows_done(6)
     metrics = await asyncio.to_thread(scrape, port)
     assert metrics[("esupdater_table_rows_total",
                     (("outcome", "handled"), ("table", "shop.users"), ("type", "INSERT")))] == 6
+    assert metrics[("esupdater_table_rows_total",
+                    (("outcome", "skipped"), ("table", "shop.orders"), ("type", "INSERT")))] == 1
     # Six rows, each applied about BEHIND seconds after its binlog time.
     assert metrics[("esupdater_binlog_to_applied_seconds_count", ())] == 6
     assert metrics[("esupdater_binlog_to_applied_seconds_sum", ())] >= 6 * (BEHIND - 5)
