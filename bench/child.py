@@ -2,8 +2,9 @@
 
 Runs `esupdater.service.serve()` in-process with esupdater's default settings (only the
 addresses, topic, group and runtime dir set), on uvloop or plain asyncio, with or without the
-orjson serializer, and one handler (index the typed row, delete on DELETE) wrapped in a probe
-that notes the first call, the last acknowledgement and, in latency mode, each row's latency.
+orjson serializer, and one handler (index the typed row, delete on DELETE; routed from the
+spec's `route`, shop.users by default) wrapped in a probe that notes the first call, the last
+acknowledgement and, in latency mode, each row's latency.
 The parent ends it through the status file, like `esupdater stop`; on exit it writes its
 figures (and its own peak RSS) to the spec's `result` path.
 """
@@ -34,16 +35,20 @@ from esupdater.settings import (
 
 
 class Probe:
-    """Wraps the handler: first call, last ack, rows, and latencies from the record's time."""
+    """Wraps the handler: first call, last ack, rows, latencies from the record's time and,
+    when asked, each row's acknowledgement time by primary key (freshness.py)."""
 
-    def __init__(self, index: str, latency: bool) -> None:
+    def __init__(self, index: str, latency: bool, acks: bool = False) -> None:
         self.index = index
         self.latency = latency
+        self.acks = acks
         self.first: float | None = None
         self.last = 0.0
         self.rows = 0
         #: Pairs (record time, seconds from record time to acknowledgement), flattened.
         self.samples = array("d")
+        #: Pairs (integer primary key, wall time of the acknowledgement), flattened.
+        self.ack_times = array("d")
 
     async def handle(self, change: Change, ctx: Context) -> None:
         if self.first is None:
@@ -57,6 +62,8 @@ class Probe:
         if self.latency and change.executed_at is not None:
             sent = change.executed_at.timestamp()  # == the record's CreateTime, see latency.py
             self.samples.extend((sent, time.time() - sent))
+        if self.acks:
+            self.ack_times.extend((float(change.pk), time.time()))
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,7 @@ class Probe:
             "last_ack_at": self.last,
             "rows": self.rows,
             "samples": list(self.samples),
+            "acks": list(self.ack_times),
             # Not getrusage: ru_maxrss carries over the parent's RSS across fork + exec.
             "peak_rss_mb": peak_rss_mb(os.getpid()),
         }
@@ -85,9 +93,9 @@ def main(spec_path: str) -> None:
     if not spec["orjson"]:
         # serve() offers no switch for the serializer; see the report for the proposed setting.
         setattr(service, "make_elasticsearch", partial(clients.make_elasticsearch, orjson=False))  # noqa: B010
-    probe = Probe(spec["index"], spec["latency"])
+    probe = Probe(spec["index"], spec["latency"], spec.get("acks", False))
     registry = Registry()
-    registry.add("shop.users", probe.handle)
+    registry.add(spec.get("route", "shop.users"), probe.handle)
     started = time.monotonic()
     runner = uvloop.run if spec["loop"] == "uvloop" else asyncio.run
     runner(service.serve(settings_for(spec), registry))

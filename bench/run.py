@@ -1,17 +1,25 @@
-"""`make bench`: ceilings, a baseline shaped like the seed (the PHP tool esupdater replaces:
-bench/lib/baseline.py) and esupdater, on one machine in one run.
+"""`make bench`: ceilings, two baselines and esupdater, on one machine in one run.
 
 Steps: produce the dataset twice (1-row and 10-row Canal messages, same rows) as a backlog;
-ceiling A (raw consume) per topic; ceiling B (raw bulk); baseline C (per-message, seed shape);
-esupdater per variant (message shape x event loop x serializer); latency at half the best
-rate; optionally a py-spy profile of the default 10-row run. Everything created (topics,
-indices, groups' topics) carries the run id and is deleted at the end.
+ceiling A (raw consume) per topic; ceiling B (raw bulk); baseline C (per-message, the seed's
+shape: bench/lib/baseline.py); then per message shape `--pairs` back-to-back pairs of
+esupdater (default configuration) and contender D (the plain batch loop a user would write:
+bench/lib/batch_loop.py), each with its own process, group and index on the same backlog:
+rows/s, own and Elasticsearch CPU per 1,000 rows, bulk requests, peak RSS, compared pair by
+pair; esupdater's other variants (event loop x serializer); two esupdater processes in one
+group (scale-out); latency at half the best rate; freshness through MariaDB and Canal; backfill
+and verify of a MariaDB table; optionally a py-spy profile of the default 10-row run.
+Every topic, index, consumer group and table it creates carries the run id; topics, indices
+and tables are deleted at the end (groups expire with Kafka's offsets retention), except a
+freshness table whose rows did not all arrive (dropping it could stop Canal).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,152 +27,256 @@ import uvloop
 from rich.console import Console
 
 from bench.hotspots import summarise
-from bench.lib import baseline, ceilings, latency
+from bench.lib import baseline, ceilings, freshness, latency, table_commands
+from bench.lib.cpu import elasticsearch_pid
 from bench.lib.dataset import Census, produce_backlog
-from bench.lib.e2e import RunResult, Variant, run_esupdater
-from bench.lib.machine import describe
+from bench.lib.e2e import BATCH, PAIRS, SCALE_OUT, VARIANTS, RunResult, Variant, run_esupdater
+from bench.lib.machine import describe, source_digest, source_state
 from bench.lib.report import Results, print_table, write_json
-from bench.lib.stack import Stack
+from bench.lib.stack import RAW_DATES_MAPPING, Stack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
 SHAPES = (1, 10)  # rows per Canal message
 console = Console()
 if not console.is_terminal:  # `make bench | tee`: do not squeeze the table into 80 columns
-    console = Console(width=150)
+    console = Console(width=190)
 
 
 def variants(matrix: str) -> list[Variant]:
-    """`core`: the default config plus one factor changed at a time; `full`: every mix;
-    `default`: the default config only (quick runs, e.g. RSS with --full)."""
-    found = []
-    for shape in SHAPES:
-        found.append(Variant(shape))
-        if matrix == "default":
-            continue
-        found.append(Variant(shape, loop="asyncio"))
-        found.append(Variant(shape, orjson=False))
-        if matrix == "full":
-            found.append(Variant(shape, loop="asyncio", orjson=False))
-    return found
+    """esupdater's configurations besides the default one (which runs in the pairs):
+    `core`: one factor changed at a time, 10-row messages; `full`: every mix, both shapes;
+    `default`: none."""
+    if matrix == "default":
+        return []
+    if matrix == "core":
+        return [Variant(10, loop="asyncio"), Variant(10, orjson=False)]
+    return [Variant(shape, loop=loop, orjson=orjson) for shape in SHAPES
+            for loop, orjson in (("asyncio", True), ("uvloop", False), ("asyncio", False))]
+
+
+class Bench:
+    """One run: the stack, the backlog topics, and the results as they come in."""
+
+    def __init__(self, args: argparse.Namespace, stack: Stack, results: Results) -> None:
+        self.args = args
+        self.stack = stack
+        self.results = results
+        self.topics: dict[int, str] = {}
+        self.census = Census()
+        self.es_pid = elasticsearch_pid()
+        if self.es_pid is None:
+            results.notes.append("Elasticsearch's process was not found: its CPU is not "
+                                 "measured (0 in the figures).")
+
+    async def backlog(self) -> None:
+        for shape in SHAPES:
+            self.topics[shape] = await self.stack.create_topic(f"{shape}row",
+                                                               self.args.partitions)
+            self.census, seconds = await produce_backlog(
+                self.topics[shape], self.args.rows, partitions=self.args.partitions,
+                rows_per_message=shape)
+            console.print(f"produced {self.args.rows:,} rows as {shape}-row messages "
+                          f"in {seconds:.1f}s")
+        self.results.dataset = {**asdict(self.census),
+                                "live_documents": self.census.live_documents,
+                                "rows_per_message": list(SHAPES)}
+
+    async def ceilings_and_baseline(self) -> None:
+        args, stack, results = self.args, self.stack, self.results
+        for shape in SHAPES:
+            results.consume[shape] = await ceilings.consume_rate(
+                self.topics[shape], args.partitions, args.rows)
+            console.print(f"A {shape}-row: {results.consume[shape].rows_per_second:,.0f} rows/s")
+        for attempt in range(args.ceiling_runs):  # a ceiling is the best of its runs
+            index = await stack.create_index(f"ceiling-b{attempt}")
+            actions = ceilings.build_actions(index, args.rows, args.partitions)
+            bulk = await ceilings.bulk_rate(actions, es_pid=self.es_pid)
+            del actions
+            bulk.bulk_requests, bulk.bulk_actions = await stack.bulk_stats(index)
+            await self.check_documents(index, "B")
+            console.print(f"B run {attempt + 1}: {bulk.rows_per_second:,.0f} rows/s")
+            if results.bulk is None or bulk.rows_per_second > results.bulk.rows_per_second:
+                results.bulk = bulk
+        if args.baseline_seconds > 0:
+            index = await stack.create_index("baseline-c")
+            results.seed = await baseline.seed_rate(
+                self.topics[1], stack.name("group-c"), index,
+                max_rows=args.baseline_rows, max_seconds=args.baseline_seconds)
+            await stack.drop_index(index)
+            console.print(f"C: {results.seed.rows_per_second:,.0f} rows/s")
+
+    async def run(self, variant: Variant, part: str, pair: int | None = None) -> RunResult:
+        """One contender over the backlog of its message shape, its documents checked."""
+        kind = "d" if variant.program == BATCH else f"{variant.loop}-{int(variant.orjson)}"
+        index = await self.stack.create_index(
+            f"e2e-{part}-{variant.rows_per_message}-{kind}-x{variant.processes}"
+            + ("" if pair is None else f"-pair{pair}"),
+            mappings=RAW_DATES_MAPPING if variant.program == BATCH else None)
+        run = await run_esupdater(self.stack, variant, self.topics[variant.rows_per_message],
+                                  self.args.partitions, index=index, es_pid=self.es_pid,
+                                  rows=self.args.rows)
+        run.part, run.pair = part, pair
+        await self.check_documents(index, variant.label, run)
+        self.results.runs.append(run)
+        console.print(f"{variant.label}{'' if pair is None else f' (pair {pair + 1})'}: "
+                      f"{run.rows_per_second:,.0f} rows/s, CPU {run.cpu_per_1k_rows:.3f} "
+                      f"s/1k rows, ES CPU {run.es_cpu_per_1k_rows:.3f} s/1k rows, "
+                      f"{run.bulk_requests:,} bulk requests, peak RSS {run.peak_rss_mb:.0f} MB")
+        return run
+
+    async def pairs(self) -> None:
+        """esupdater and D back to back, the order alternating so drift favours neither."""
+        for shape in SHAPES:
+            for pair in range(self.args.pairs):
+                both = [Variant(shape), Variant(shape, program=BATCH)]
+                for variant in both if pair % 2 == 0 else reversed(both):
+                    await self.run(variant, PAIRS, pair)
+
+    async def check_documents(self, index: str, what: str, run: RunResult | None = None) -> None:
+        """Every contender must leave the same documents behind; a mismatch is noted."""
+        count = await self.stack.count(index)
+        if run is not None:
+            run.documents = count
+        if count != self.census.live_documents:
+            self.results.notes.append(f"{what}: {count:,} documents in the index, "
+                                      f"expected {self.census.live_documents:,}")
+        await self.stack.drop_index(index)
 
 
 async def main(args: argparse.Namespace) -> Results:
+    started = time.monotonic()
     stack = Stack()
     await stack.start()
     try:
         assert stack.es is not None
         results = Results(rows=args.rows, partitions=args.partitions, dataset={},
-                          machine=await describe(stack.es))
-        topics: dict[int, str] = {}
-        census = Census()
-        for shape in SHAPES:
-            topics[shape] = await stack.create_topic(f"{shape}row", args.partitions)
-            census, seconds = await produce_backlog(
-                topics[shape], args.rows, partitions=args.partitions, rows_per_message=shape)
-            console.print(f"produced {args.rows:,} rows as {shape}-row messages in {seconds:.1f}s")
-        results.dataset = {**asdict(census), "live_documents": census.live_documents,
-                           "rows_per_message": list(SHAPES)}
-
-        for shape in SHAPES:
-            results.consume[shape] = await ceilings.consume_rate(topics[shape], args.partitions,
-                                                                 args.rows)
-            console.print(f"A {shape}-row: {results.consume[shape].rows_per_second:,.0f} rows/s")
-        for attempt in range(args.ceiling_runs):  # a ceiling is the best of its runs
-            index = await stack.create_index(f"ceiling-b{attempt}")
-            actions = ceilings.build_actions(index, args.rows, args.partitions)
-            bulk = await ceilings.bulk_rate(actions)
-            del actions
-            await _check_documents(stack, index, census, results, "B")
-            console.print(f"B run {attempt + 1}: {bulk.rows_per_second:,.0f} rows/s")
-            if results.bulk is None or bulk.rows_per_second > results.bulk.rows_per_second:
-                results.bulk = bulk
-
-        index = await stack.create_index("baseline-c")
-        results.seed = await baseline.seed_rate(
-            topics[1], stack.name("group-c"), index,
-            max_rows=args.baseline_rows, max_seconds=args.baseline_seconds)
-        await stack.drop_index(index)
-        console.print(f"C: {results.seed.rows_per_second:,.0f} rows/s")
-
+                          machine=await describe(stack.es), pairs=args.pairs,
+                          source=source_state())
+        bench = Bench(args, stack, results)
+        await bench.backlog()
+        await bench.ceilings_and_baseline()
+        await bench.pairs()
         for variant in variants(args.matrix):
-            index = await stack.create_index(
-                f"e2e-{variant.rows_per_message}-{variant.loop}-{int(variant.orjson)}")
-            run = await run_esupdater(stack, variant, topics[variant.rows_per_message],
-                                      args.partitions, index=index)
-            await _check_documents(stack, index, census, results, variant.label, run)
-            results.runs.append(run)
-            console.print(f"{variant.label}: {run.rows_per_second:,.0f} rows/s, "
-                          f"peak RSS {run.peak_rss_mb:.0f} MB")
+            await bench.run(variant, VARIANTS)
+        if args.scale_processes > 1:  # one process, then several, back to back
+            await bench.run(Variant(args.scale_shape), SCALE_OUT)
+            await bench.run(Variant(args.scale_shape, processes=args.scale_processes), SCALE_OUT)
 
         if args.latency_seconds > 0:
-            best = max(results.runs, key=lambda r: r.rows_per_second)
-            shape = best.variant.rows_per_message
+            shape = max(results.shapes(), key=results.default_rate)
             results.latency = await latency.measure(
-                stack, Variant(shape), best.rows_per_second / 2, args.latency_seconds,
-                partitions=args.partitions, warmup=args.latency_warmup)
+                stack, Variant(shape), results.default_rate(shape) / 2, args.latency_seconds,
+                partitions=args.partitions, warmup=args.latency_warmup, es_pid=bench.es_pid)
+            console.print(f"latency p99 {results.latency.p99_ms:.0f} ms")
+        if not args.skip_freshness:
+            results.freshness = await freshness.measure(
+                stack, rate=args.freshness_rate, seconds=args.freshness_seconds,
+                es_pid=bench.es_pid)
+            console.print(f"freshness p99 {results.freshness.p99_ms:.0f} ms")
+            if not results.freshness.dropped:
+                results.notes.append(
+                    f"freshness: table shop.{results.freshness.table} kept (not every row "
+                    "arrived; dropping it before Canal read its rows would stop Canal)")
+        if not args.skip_backfill:
+            results.tables = await table_commands.measure(stack, args.backfill_rows)
+            console.print(f"backfill {results.tables.backfill_rows_per_second:,.0f} rows/s")
 
         if args.profile is not None:
             index = await stack.create_index("profile")
-            await run_esupdater(stack, Variant(10), topics[10], args.partitions, index=index,
-                                profile=args.profile)
+            await run_esupdater(stack, Variant(10), bench.topics[10], args.partitions,
+                                index=index, profile=args.profile)
             await stack.drop_index(index)
             results.hotspots = {"profile": str(args.profile), **summarise(args.profile).as_dict()}
         results.notes += _notes(args)
+        results.seconds = time.monotonic() - started
+        # The stack is shared: a busy machine during the run explains noisy figures.
+        results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results.source["digest_at_end"] = source_digest()
+        if results.source["digest_at_end"] != results.source["digest_at_start"]:
+            results.notes.insert(0, "esupdater's source (src/esupdater) changed during this "
+                                 "run: its runs measured different code; run again.")
         return results
     finally:
         await stack.close()
 
 
-async def _check_documents(
-    stack: Stack, index: str, census: Census, results: Results, what: str,
-    run: RunResult | None = None,
-) -> None:
-    """Every variant must leave the same documents behind; a mismatch is noted, not hidden."""
-    count = await stack.count(index)
-    if run is not None:
-        run.documents = count
-    if count != census.live_documents:
-        results.notes.append(f"{what}: {count:,} documents in the index, "
-                             f"expected {census.live_documents:,}")
-    await stack.drop_index(index)
-
-
 def _notes(args: argparse.Namespace) -> list[str]:
     return [
-        "esupdater rows/s: backlog rows / (first handler call -> group's committed offsets at "
-        "the end offsets); includes up to commit_interval_ms (1 s) of commit delay; the "
-        "process start and group join are reported apart (startup_seconds).",
+        "rows/s of esupdater and D: backlog rows / (first handled row -> group's committed "
+        "offsets at the end offsets); includes up to one commit interval (esupdater: "
+        "commit_interval_ms, 1 s; D commits after each batch); process start and group join "
+        "are apart (startup_seconds).",
+        "CPU s/1k rows: utime+stime from /proc/<pid>/stat over that same window, sampled "
+        "every 50 ms; the contender's own process(es), and Elasticsearch's JVM (the stack is "
+        "shared: anything else sent to Elasticsearch meanwhile is counted too; hence medians "
+        f"of {args.pairs} esupdater/D pairs, run back to back in alternating order). B: the "
+        "benchmark's own process while it bulk-writes (the documents prebuilt).",
+        "other CPU: the share of the machine's cores over the window used by neither the "
+        "contender, Elasticsearch nor the Kafka broker (this benchmark's own polling, and any "
+        "other work on the machine: a high figure means a contended run); Kafka's CPU per "
+        "1k rows is in results.json.",
+        "bulk reqs and actions/req: Elasticsearch's index stats (bulk.total_operations; "
+        "index_total + delete_total; one shard, so one shard-level bulk per request); "
+        "esupdater's own bulk_requests counter and D's and B's own counts are in results.json "
+        "(own_bulk_requests).",
+        "D: aiokafka getmany -> orjson.loads -> index the row as Canal sent it (_id the "
+        "primary key), delete for DELETE -> one async_bulk of the batch (chunks of 500) -> "
+        "commit; uvloop and the client's orjson serializer like esupdater's default; its "
+        "index reads MySQL's 'yyyy-MM-dd HH:mm:ss' dates (no typing in D).",
         "A: per message shape, rows carried by the records read; B: same documents, "
         "chunk_size/max_chunk_bytes as esupdater's defaults, max_requests_in_flight streams, "
         f"best of {args.ceiling_runs} runs.",
         f"C: the first {args.baseline_rows:,} rows (or {args.baseline_seconds:g}s) of the 1-row "
         "topic, one handler call, one ES request and one commit per message.",
-        "Variants marked by target are the default configuration (uvloop + orjson).",
-        "All indices: refresh_interval -1, 1 shard, 0 replicas, the same strict mapping.",
+        "Backlog indices: refresh_interval -1, 1 shard, 0 replicas, the same strict mapping. "
+        "The freshness index keeps the default refresh (1 s).",
+        f"scale-out: one esupdater process, then {args.scale_processes} in one group, back "
+        f"to back on the {args.scale_shape}-row backlog; steady = from the moment every "
+        "process is a member and has handled a row (the rebalance as the second joins is "
+        "before it).",
+        "backfill/verify: the `esupdater` CLI on a quiet_ table (Canal leaves it out) with "
+        "a versioned mirror handler; backfill rows/s from its own summary line, verify from "
+        "its wall time (Python start-up included).",
     ]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000,
                         help="backlog size in rows (default 200,000; --full: 1,000,000)")
     parser.add_argument("--full", action="store_true", help="a 1,000,000-row backlog")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="esupdater/D pairs per message shape; ratios are their medians")
     parser.add_argument("--matrix", choices=("default", "core", "full"), default="core",
-                        help="default: uvloop+orjson only; core: default + one factor at a "
-                        "time; full: all mixes")
+                        help="esupdater's variants besides the default: none (default), one "
+                        "factor at a time on 10-row msgs (core), all mixes (full)")
     parser.add_argument("--ceiling-runs", type=int, default=2,
                         help="runs of ceiling B; the best counts (the stack is shared)")
     parser.add_argument("--baseline-rows", type=int, default=3_000)
-    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="0 to skip C")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="0 to skip")
     parser.add_argument("--latency-warmup", type=float, default=3.0)
+    parser.add_argument("--scale-processes", type=int, default=2,
+                        help="esupdater processes in one group for the scale-out run (<2: skip)")
+    parser.add_argument("--scale-shape", type=int, choices=SHAPES, default=10)
+    parser.add_argument("--skip-scale-out", action="store_true")
+    parser.add_argument("--skip-freshness", action="store_true")
+    parser.add_argument("--freshness-rate", type=float, default=500.0, help="rows/s inserted")
+    parser.add_argument("--freshness-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-backfill", action="store_true", help="no backfill/verify")
+    parser.add_argument("--backfill-rows", type=int, default=100_000)
     parser.add_argument("--profile", type=Path, default=None,
                         help="also run py-spy on the default 10-row run; speedscope output here")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.full:
         args.rows = 1_000_000
+    if args.skip_scale_out:
+        args.scale_processes = 0
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     return args
 
 
@@ -173,7 +285,7 @@ def run(argv: list[str] | None = None) -> int:
     results = uvloop.run(main(args))
     print_table(results, console)
     write_json(results, args.output)
-    console.print(f"written {args.output}")
+    console.print(f"written {args.output} ({results.seconds / 60:.1f} min)")
     return 0
 
 

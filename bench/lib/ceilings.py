@@ -10,6 +10,8 @@ B: the same documents as ready-made index/delete actions through
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 from elasticsearch.helpers import async_streaming_bulk
 
+from bench.lib.cpu import cpu_seconds
 from bench.lib.dataset import messages, statements
 from esupdater.canal import CanalDecoder
 from esupdater.change import Position
@@ -25,16 +28,26 @@ from esupdater.settings import BulkSettings, ElasticsearchSettings, KafkaSetting
 from tools.local_stack import ELASTICSEARCH, KAFKA
 
 
-@dataclass(frozen=True)
+@dataclass
 class Rate:
     rows: int
     seconds: float
     records: int = 0
     errors: int = 0
+    #: B only: this process's and Elasticsearch's CPU over the run, and the bulk requests
+    #: (own: as the helper chunks them; Elasticsearch's: from the index's stats).
+    cpu_seconds: float | None = None
+    es_cpu_seconds: float | None = None
+    own_bulk_requests: int | None = None
+    bulk_requests: int | None = None
+    bulk_actions: int | None = None
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
+
+    def per_1k_rows(self, seconds: float | None) -> float | None:
+        return None if seconds is None or not self.rows else 1000 * seconds / self.rows
 
 
 async def consume_rate(topic: str, partitions: int, rows: int) -> Rate:
@@ -73,8 +86,11 @@ def build_actions(index: str, rows: int, partitions: int) -> list[dict[str, Any]
     return actions
 
 
-async def bulk_rate(actions: list[dict[str, Any]], *, orjson: bool = True) -> Rate:
-    """Ceiling B: the actions through `max_requests_in_flight` concurrent streaming bulks."""
+async def bulk_rate(
+    actions: list[dict[str, Any]], *, orjson: bool = True, es_pid: int | None = None
+) -> Rate:
+    """Ceiling B: the actions through `max_requests_in_flight` concurrent streaming bulks;
+    this process's CPU (nothing else runs in it meanwhile) and Elasticsearch's over the run."""
     limits = BulkSettings()
     lanes: list[list[dict[str, Any]]] = [[] for _ in range(limits.max_requests_in_flight)]
     for action in actions:
@@ -91,9 +107,25 @@ async def bulk_rate(actions: list[dict[str, Any]], *, orjson: bool = True) -> Ra
                 errors += 1
         return errors
 
+    # Chunks of chunk_size actions: that many users' documents stay far below max_chunk_bytes.
+    requests = sum(math.ceil(len(lane) / limits.chunk_size) for lane in lanes)
+
+    def es_cpu() -> float | None:
+        return cpu_seconds(es_pid) if es_pid else None
+
     try:
+        cpu_before, es_before = cpu_seconds(os.getpid()), es_cpu()
         started = time.monotonic()
         errors = await asyncio.gather(*(stream(lane) for lane in lanes))
-        return Rate(len(actions), time.monotonic() - started, errors=sum(errors))
+        took = time.monotonic() - started
+        cpu_after, es_after = cpu_seconds(os.getpid()), es_cpu()
+        return Rate(
+            len(actions), took, errors=sum(errors), own_bulk_requests=requests,
+            cpu_seconds=_delta(cpu_before, cpu_after), es_cpu_seconds=_delta(es_before, es_after),
+        )
     finally:
         await es.close()
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before

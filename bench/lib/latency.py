@@ -45,6 +45,7 @@ class Latency:
             "p99_ms": round(self.p99_ms, 1),
             "max_ms": round(self.max_ms, 1),
             "peak_rss_mb": round(self.run.peak_rss_mb, 1),
+            "other_cpu_share": round(self.run.other_cpu_share, 3),
         }
 
 
@@ -81,7 +82,7 @@ async def paced(topic: str, rate: float, seconds: float, *, partitions: int,
 
 async def measure(
     stack: Stack, variant: Variant, rate: float, seconds: float, *,
-    partitions: int, warmup: float,
+    partitions: int, warmup: float, es_pid: int | None = None,
 ) -> Latency:
     topic = await stack.create_topic(f"latency-{variant.rows_per_message}", partitions)
     index = await stack.create_index(f"latency-{variant.rows_per_message}")
@@ -95,7 +96,7 @@ async def measure(
 
     try:
         run = await run_esupdater(stack, variant, topic, partitions, index=index,
-                                  latency=True, feed=feed)
+                                  latency=True, feed=feed, es_pid=es_pid)
     finally:
         await stack.drop_index(index)
     cutoff = produced["start"] + warmup

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,3 +69,30 @@ async def describe(es: AsyncElasticsearch) -> dict[str, Any]:
         # The stack is shared: a busy machine at the start explains noisy figures.
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def source_digest() -> str:
+    """A digest of esupdater's source as the children import it (an editable install): taken
+    at the start and the end of a run, it tells whether the code changed in between."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "esupdater").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and whether src/ held uncommitted changes (read-only git)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "uncommitted_changes_in_src": bool(git("--no-optional-locks", "status", "--porcelain",
+                                                     "--", "src")),
+            "digest_at_start": source_digest()}

@@ -6,17 +6,20 @@ on the same Kafka and Elasticsearch at the same time.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from esupdater.clients import make_consumer
 from esupdater.settings import KafkaSettings
+from tools.kafka_admin import group_call
 from tools.local_stack import ELASTICSEARCH, KAFKA
 
 #: The users index as search would want it; `strict` so a typing regression fails loudly.
@@ -31,6 +34,17 @@ USERS_MAPPING: dict[str, Any] = {
         "created_at": {"type": "date"},
         "updated_at": {"type": "date"},
         "vip": {"type": "byte"},
+    },
+}
+
+#: Contender D indexes Canal's strings untyped, as a user without a typing layer would: the
+#: same mapping, its dates also read in MySQL's text form (numbers are coerced anyway).
+RAW_DATES_MAPPING: dict[str, Any] = {
+    **USERS_MAPPING,
+    "properties": {
+        name: {**spec, "format": "yyyy-MM-dd HH:mm:ss||strict_date_optional_time||epoch_millis"}
+        if spec["type"] == "date" else spec
+        for name, spec in USERS_MAPPING["properties"].items()
     },
 }
 
@@ -67,12 +81,27 @@ class Stack:
         self.topics.append(topic)
         return topic
 
-    async def create_index(self, kind: str) -> str:
+    async def create_index(
+        self, kind: str, *, mappings: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> str:
         index = self.name(kind)
         assert self.es is not None
-        await self.es.indices.create(index=index, settings=INDEX_SETTINGS, mappings=USERS_MAPPING)
+        await self.es.indices.create(
+            index=index, settings=INDEX_SETTINGS if settings is None else settings,
+            mappings=USERS_MAPPING if mappings is None else mappings)
         self.indices.append(index)
         return index
+
+    async def bulk_stats(self, index: str) -> tuple[int, int]:
+        """(bulk requests, actions) Elasticsearch counted for `index`: with one shard a bulk
+        request is one shard-level bulk operation; actions are its index + delete operations."""
+        assert self.es is not None
+        stats = await self.es.indices.stats(index=index, metric="bulk,indexing")
+        primaries = stats["indices"][index]["primaries"]
+        indexing = primaries["indexing"]
+        return (int(primaries["bulk"]["total_operations"]),
+                int(indexing["index_total"]) + int(indexing["delete_total"]))
 
     async def count(self, index: str) -> int:
         assert self.es is not None
@@ -88,18 +117,33 @@ class Stack:
     async def committed(self, group: str, partitions: list[TopicPartition]) -> int:
         """Sum of the group's committed offsets over `partitions` (0 where none yet)."""
         assert self.admin is not None
-        offsets = await self.admin.list_consumer_group_offsets(group, partitions=partitions)
+        admin = self.admin
+        offsets = await group_call(
+            lambda: admin.list_consumer_group_offsets(group, partitions=partitions))
         return sum(max(meta.offset, 0) for meta in offsets.values())
 
     async def close(self) -> None:
+        """Deletes what this run created, each part on its own: a server that is down (the
+        stack is shared; fault tests stop servers) leaves its part behind, named on stderr,
+        and never hides the error that ended the run."""
         if self.es is not None:
-            for index in list(self.indices):
-                await self.drop_index(index)
+            try:
+                for index in list(self.indices):
+                    await self.drop_index(index)
+            except (ApiError, TransportError) as exc:
+                _left_behind("indices", self.indices, exc)
             await self.es.close()
         if self.admin is not None:
-            if self.topics:
-                await self.admin.delete_topics(self.topics)
+            try:
+                if self.topics:
+                    await self.admin.delete_topics(self.topics)
+            except (KafkaError, OSError) as exc:
+                _left_behind("topics", self.topics, exc)
             await self.admin.close()
+
+
+def _left_behind(what: str, names: list[str], exc: BaseException) -> None:
+    print(f"bench: could not delete {what} {', '.join(names)}: {exc}", file=sys.stderr)
 
 
 async def end_offsets(topic: str, partitions: int) -> dict[TopicPartition, int]:
