@@ -381,8 +381,11 @@ WORKLOAD_SECONDS = 14.0
 #: from MariaDB through Canal to the stream's write: so the stream often writes, or deletes,
 #: a row after a chunk's snapshot and before that chunk's write of it, the race the design
 #: must win. A chunk then takes about WRITE_DELAY, the backfill some 9 s at most RATE rows a
-#: second, and the workload runs through all of it.
+#: second, and the workload runs through all of it: for WORKLOAD_SECONDS, and on a slower
+#: machine until AFTER_BACKFILL seconds after the backfill ended (at most MAX_WORKLOAD).
 START_BACKFILL_AFTER = 1.0
+AFTER_BACKFILL = 2.0
+MAX_WORKLOAD = 90.0
 WRITE_DELAY = 0.5
 RATE = 600
 CHUNK = 200
@@ -403,6 +406,18 @@ class Hot:
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = checkpoint
         self.started = False
+        #: When the backfill (its last run) ended, by time.monotonic(); set by the test.
+        self.finished_at: float | None = None
+
+    def workload_goes_on(self, started: float, seconds: float) -> bool:
+        """For `seconds`, and until AFTER_BACKFILL after the backfill ended; never past
+        MAX_WORKLOAD."""
+        now = time.monotonic()
+        if now - started >= MAX_WORKLOAD:
+            return False
+        if now - started < seconds:
+            return True
+        return self.finished_at is None or now < self.finished_at + AFTER_BACKFILL
 
     def cursor(self) -> int | None:
         """The last checkpointed key (-1 before the first); None before the backfill starts."""
@@ -525,8 +540,8 @@ def random_workload(table: str, seed: int, seconds: float, hot: Hot) -> Counter[
 
     connection = connect_mariadb()
     try:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        started = time.monotonic()
+        while hot.workload_goes_on(started, seconds):
             if rng.random() < 0.15:
                 connection.begin()
                 for _ in range(rng.randint(2, 6)):
@@ -701,7 +716,7 @@ async def test_backfill_and_stream_together_leave_the_index_equal_to_the_table(
         process = await spawn_backfill(service, *backfill_args, "--resume")
         resumed_at = time.monotonic()
     backfilled = await process.finish(timeout=90)
-    backfill_ended = time.monotonic()
+    backfill_ended = hot.finished_at = time.monotonic()
     ran = await workload
     workload_ended = time.monotonic()
 
