@@ -29,10 +29,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import orjson
 from elastic_transport import SerializationError
 from elasticsearch import ApiError, AsyncElasticsearch
 from elasticsearch.helpers import expand_action
@@ -89,7 +90,9 @@ class _Ticket:
     __slots__ = ("failed", "queue", "settled")
 
     def __init__(self, queue: list[_Ticket] | None) -> None:
-        self.queue = queue  # the document's unsettled tickets, oldest first; None: no _id
+        # The document's unsettled tickets, oldest first, once it has more than one; None
+        # while this is its only unsettled write (the usual case: no list) or it has no _id.
+        self.queue = queue
         self.failed = False  # its latest attempt failed and it will be sent again
         self.settled: asyncio.Event | None = None  # made by whoever waits for it
 
@@ -122,6 +125,11 @@ _META_KEYS: dict[str, str] = {
 }  # fmt: skip
 #: Each NDJSON line ends with one.
 _NEWLINE = 1
+#: The keys of the actions ctx.index and ctx.delete make when given no other option.
+_INDEX_SHAPE = frozenset({"_op_type", "_index", "_id", "_source"})
+_DELETE_SHAPE = frozenset({"_op_type", "_index", "_id"})
+#: Action-line prefixes kept, one per (op_type, index); beyond that, start again.
+_MAX_HEADERS = 1024
 
 
 class _Lane:
@@ -172,9 +180,16 @@ class BulkWriter:
         self.quiet_retries = quiet_retries
         self._lanes = [_Lane() for _ in range(limits.max_in_flight)]
         self._tasks: list[asyncio.Task[None]] = []
-        # Unsettled writes per (index, id), in submission order.
-        self._order: dict[tuple[Any, Any], list[_Ticket]] = {}
-        self._dumps = es.transport.serializers.get_serializer("application/json").dumps
+        # Unsettled writes per (index, id): the ticket while it is the only one, then the
+        # list of them in submission order.
+        self._order: dict[tuple[Any, Any], _Ticket | list[_Ticket]] = {}
+        serializer = es.transport.serializers.get_serializer("application/json")
+        # The client's own serializer, as one C call where it offers that (clients.py).
+        raw_dumps = getattr(serializer, "raw_dumps", None)
+        self._dumps: Callable[[Any], bytes] = (
+            raw_dumps() if callable(raw_dumps) else serializer.dumps
+        )
+        self._headers: dict[tuple[str, Any], bytes] = {}  # see _header
         # The lanes' loop, kept: looking it up per action costs a system call (getpid).
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -202,23 +217,43 @@ class BulkWriter:
         BulkItemError.
         """
         doc_id = action.get("_id")
+        ticket = _Ticket(None)
         if doc_id is None:  # Elasticsearch picks the id: no other write can target it
-            ticket = _Ticket(None)
             key = None
         else:
             key = (action.get("_index"), doc_id)
-            queue = self._order.get(key)
-            if queue is None:
-                queue = self._order[key] = []
-            ticket = _Ticket(queue)
-            queue.append(ticket)
+            order = self._order
+            earlier = order.get(key)
+            if earlier is None:
+                order[key] = ticket  # its document's only unsettled write
+            elif isinstance(earlier, list):
+                ticket.queue = earlier
+                earlier.append(ticket)
+            else:  # a second unsettled write of the document: from now on, a list
+                queue = [earlier, ticket]
+                earlier.queue = ticket.queue = order[key] = queue
+        # _queue, inlined: this runs once per write.
+        loop = self._loop
+        if loop is None:  # not started: no lane runs, but the caller may still wait
+            loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        lanes = self._lanes
+        lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
+        lane.items.append((action, future, ticket))
+        if lane.waiter is not None:
+            lane.wake()
         try:
             try:
-                return await self._queue(action, ticket, key)
+                return await future
             except _Retry as failure:  # the rare path: retried in order, with backoff
                 return await self._until_done(action, ticket, key, failure)
         finally:
-            self._settle(action, ticket)
+            # _settle, inlined for a document's only write.
+            if ticket.queue is None and ticket.settled is None:
+                if key is not None:
+                    del self._order[key]
+            else:
+                self._settle(key, ticket)
 
     def _queue(
         self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None
@@ -268,13 +303,15 @@ class BulkWriter:
                     failure.reason, where, attempt, delay)
         await asyncio.sleep(delay)
 
-    def _settle(self, action: Action, ticket: _Ticket) -> None:
+    def _settle(self, key: tuple[Any, Any] | None, ticket: _Ticket) -> None:
         ticket.failed = False
         queue = ticket.queue
         if queue is not None:
             queue.remove(ticket)
             if not queue:
-                del self._order[(action.get("_index"), action.get("_id"))]
+                del self._order[key]  # type: ignore[arg-type]  # a queue means an _id
+        elif key is not None:
+            del self._order[key]
         if ticket.settled is not None:
             ticket.settled.set()
 
@@ -325,18 +362,26 @@ class BulkWriter:
         items, limits = lane.items, self.limits
         while items and len(batch.items) < limits.chunk_size:
             item = items[0]
-            action, future, _ = item
-            if future.done() or not _may_go(item):
+            action, future, ticket = item
+            if future.done():
                 items.popleft()
                 continue
+            queue = ticket.queue
+            if queue is not None and queue[0] is not ticket and not _may_go(item):
+                items.popleft()
+                continue
+            ticket.failed = False  # sent again: what comes after it in the lane is in order
             lines = batch.lines
             before = len(lines)
             try:
                 size = self._lines(action, lines)
-            except (SerializationError, RecursionError) as exc:
+            except (SerializationError, RecursionError, orjson.JSONEncodeError) as exc:
                 del lines[before:]
                 items.popleft()
-                _refuse_unserialisable(action, future, exc)
+                cause = exc.__cause__
+                _refuse_unserialisable(
+                    action, future, cause if isinstance(cause, SerializationError) else exc
+                )
                 continue
             if batch.items and batch.size + size > limits.max_chunk_bytes:
                 del lines[before:]
@@ -352,6 +397,27 @@ class BulkWriter:
         place: no list per action."""
         dumps = self._dumps
         op_type = action.get("_op_type", "index")
+        # The shapes ctx.index and ctx.delete make without options, with a string id: their
+        # action line is a prefix kept per index, and the id as a JSON string.
+        size = len(action)
+        if size == 4 and op_type == "index" and action.keys() == _INDEX_SHAPE:
+            doc_id = action["_id"]
+            if type(doc_id) is str:
+                header_line = (
+                    self._header("index", action["_index"]) + orjson.dumps(doc_id) + b"}}"
+                )
+                body_line = dumps(action["_source"])
+                lines.append(header_line)
+                lines.append(body_line)
+                return len(header_line) + len(body_line) + 2 * _NEWLINE
+        elif size == 3 and op_type == "delete" and action.keys() == _DELETE_SHAPE:
+            doc_id = action["_id"]
+            if type(doc_id) is str:
+                header_line = (
+                    self._header("delete", action["_index"]) + orjson.dumps(doc_id) + b"}}"
+                )
+                lines.append(header_line)
+                return len(header_line) + _NEWLINE
         source = action.get("_source")
         if op_type == "update" and source is not None and not isinstance(source, Mapping):
             header, body = expand_action(action)  # _source filtering of an update: rare
@@ -386,6 +452,19 @@ class BulkWriter:
         lines.append(header_line)
         lines.append(body_line)
         return len(header_line) + len(body_line) + 2 * _NEWLINE
+
+    def _header(self, op_type: str, index: Any) -> bytes:
+        """`{"<op_type>":{"_index":<index>,"_id":` serialised, kept per (op_type, index)."""
+        key = (op_type, index)
+        found = self._headers.get(key)
+        if found is None:
+            if len(self._headers) >= _MAX_HEADERS:
+                self._headers.clear()
+            line = self._dumps({op_type: {"_index": index, "_id": None}})
+            if isinstance(line, str):
+                line = line.encode()
+            found = self._headers[key] = line[: line.rindex(b"null")]
+        return found
 
     async def _send(self, batch: _Batch) -> None:
         """One bulk request; every action of it gets its item's outcome."""
@@ -422,9 +501,17 @@ class BulkWriter:
                 f"Elasticsearch answered {len(answers)} items for {len(batch.items)} actions"))
             return
         stats = self.stats
+        applied = 0
         for (action, future, ticket), answer in zip(batch.items, answers, strict=True):
             ((op_type, item),) = answer.items()
-            _resolve(future, action, ticket, op_type, item, stats)
+            status = item.get("status", 500)
+            # _resolve, inlined for the usual case: applied, the document's only write.
+            if 200 <= status < 300 and ticket.queue is None and not future.done():
+                future.set_result(item)
+                applied += 1
+            else:
+                _resolve(future, action, ticket, op_type, item, stats)
+        stats.writes_applied += applied
 
     @staticmethod
     def _fail_all(batch: Iterable[_Item], failure: _Retry) -> None:

@@ -28,6 +28,8 @@ FETCH_TIMEOUT_MS = 200
 CANCEL_TIMEOUT = 5.0
 #: Seconds a commit may take at least (it is bounded by the drain timeout otherwise).
 MIN_COMMIT_TIMEOUT = 5.0
+#: How often the commit loop looks for an idle pool with something to commit.
+IDLE_COMMIT_CHECK = 0.1
 
 
 def rebalance_timeout_ms(drain_timeout: float) -> int:
@@ -143,16 +145,10 @@ class ConsumeLoop:
         again from the committed offset.
         """
         fetched_in = {tp: self._generation.get(tp) for tp in batch}
+        check_backlog = self.pauses.check_backlog
         for tp, records in batch.items():
-            generation = fetched_in[tp]
-            admit = partial(self._current, tp, generation)
-            for record in records:
-                if not admit():
-                    break  # revoked while we were feeding: the next owner replays it
-                if not await self.feeder.feed(tp, record.offset, record.value, admit,
-                                              _kafka_time(record)):
-                    break
-                self.pauses.check_backlog(tp, self.offsets.partition(tp).pending)
+            admit = partial(self._current, tp, fetched_in[tp])
+            await self.feeder.feed_records(tp, records, admit, partial(check_backlog, tp))
 
     def _current(self, tp: TopicPartition, generation: int | None) -> bool:
         return self._generation.get(tp) == generation and tp in self._assigned
@@ -161,8 +157,21 @@ class ConsumeLoop:
 
     async def _commit_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.commit_interval)
+            await self._commit_due()
             await self.commit()
+
+    async def _commit_due(self) -> None:
+        """Return when `commit_interval` has passed, or sooner once nothing is in flight and
+        some commit point moved: offsets of a stream that went quiet are committed at once
+        (lag and a restart's replay need not wait out the interval)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.commit_interval
+        while True:
+            await asyncio.sleep(max(0.0, min(deadline - loop.time(), IDLE_COMMIT_CHECK)))
+            if loop.time() >= deadline:
+                return
+            if not self.dispatcher.in_flight and self.offsets.commit_map():
+                return
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""
@@ -280,13 +289,6 @@ class ConsumeLoop:
                 continue  # nothing committed by anyone and nothing fetched yet
             lag[f"{tp.topic}/{tp.partition}"] = max(0, highwater - low)
         return lag
-
-
-def _kafka_time(record: object) -> float | None:
-    """A record's Kafka timestamp in epoch seconds; None where there is none (messages of
-    the oldest format carry none)."""
-    stamp = getattr(record, "timestamp", None)
-    return stamp / 1000 if isinstance(stamp, int) and stamp >= 0 else None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -257,21 +257,32 @@ class KeyedDispatcher:
         barrier: tuple[Hashable, ...] | None,
         task: asyncio.Task[None],
     ) -> None:
-        self._release()
-        self._tasks.discard(task)
+        # _release, inlined: this runs once per job.
+        self._free += 1
+        if self._queue:
+            self._hand_over()
+        tasks = self._tasks
+        tasks.discard(task)
         if task.cancelled():
             self._forget_when_settled(task, (key, after, barrier))
-        else:
-            # It ran, so everything it came after is done.
-            self._forget(task, key, after, barrier)
+        elif after is None and barrier is None:
+            # It ran, so everything it came after is done (_forget, the usual case).
+            if self._predecessors:
+                self._predecessors.pop(task, None)
+            tails = self._tails
+            if tails.get(key) is task:
+                del tails[key]  # last job of this key
             task.exception()  # marks it retrieved; the caller's future still carries it
+        else:
+            self._forget(task, key, after, barrier)
+            task.exception()
         if group is not None:
             members = self._groups[group]
             members.discard(task)
             if not members:
                 del self._groups[group]
                 self._wake_drainers(group)
-        if not self._tasks:
+        if not tasks:
             self._wake_drainers(None)
 
     def _forget_when_settled(self, task: asyncio.Task[None], keys: _Keys, *_: object) -> None:

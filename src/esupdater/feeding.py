@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
 from functools import partial
+from typing import Any, NamedTuple
 
 from aiokafka.structs import TopicPartition
 
@@ -57,49 +58,86 @@ class Feeder:
         """Submit one record's rows; False if its partition was revoked meanwhile (the rows
         not yet submitted are dropped, so the record is never committed by this owner).
         `appended_at`: the record's Kafka time, for the append-to-acknowledgement histogram."""
+        stamp = -1 if appended_at is None else round(appended_at * 1000)
+        return await self.feed_records(tp, (_Record(offset, value, stamp),), admit)
+
+    async def feed_records(
+        self, tp: TopicPartition, records: Iterable[Any], admit: Admit,
+        fed: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Submit the rows of one partition's fetched records, in order (aiokafka's records:
+        `offset`, `value`, `timestamp` in ms); False once the partition was revoked meanwhile
+        (the rest is dropped, so this owner never commits it). `fed(pending)` after each
+        record, with the records the partition's commit point is holding back.
+
+        One call per fetched batch: a row's job is submitted without waiting while the
+        pool has room, so the usual record costs no coroutine of its own.
+        """
         stats = self.stats
-        last = self.offsets.partition(tp).last_tracked
-        if last is not None and offset <= last:
-            log.warning("%s/%d@%d fetched again after %d: dropped (already tracked)",
-                        tp.topic, tp.partition, offset, last)
-            return True
-        stats.records += 1
-        position = Position(tp.topic, tp.partition, offset)
-        try:
-            changes = self.decoder.decode(value, position)
-        except DecodeError as exc:
-            return await self._submit_undecodable(tp, position, value, exc, admit)
+        topic, number = tp.topic, tp.partition
+        decode = self.decoder.decode
         handlers_for = self.registry.handlers_for
-        routed = []
-        for change in changes:
-            routes = handlers_for(change.database, change.table, change.type)
-            if routes:
-                routed.append((change, routes))
-            else:
-                stats.unrouted += 1
-                stats.count_table_row(change.database, change.table, change.type, "skipped")
-        if not routed:
-            stats.skipped_records += 1
-        partition = self.offsets.track(tp, offset, len(routed), appended_at)
-        stats.rows += len(routed)
         dispatcher, row = self.dispatcher, self._row
-        for change, routes in routed:
-            job = partial(row, partition, change, routes, value)
-            if change.is_ddl:
-                # A barrier: after every earlier change of its table, before every later one.
-                submitted = await dispatcher.submit(
-                    change.key, job, group=tp, barrier=(change.database, change.table),
-                    admit=admit,
-                )
-            else:
-                # A new primary key: the job also comes after (and before) the old key's jobs.
-                key, after = change.key, change.old_key
-                submitted = dispatcher.submit_nowait(key, job, group=tp, after=after)
-                if submitted is None:  # the pool is full: wait for a slot
-                    submitted = await dispatcher.submit(key, job, group=tp, after=after,
-                                                        admit=admit)
-            if submitted is None:
-                return False
+        submit_nowait = dispatcher.submit_nowait
+        # The partition's tracker, the same while `admit` says yes: a revocation moves the
+        # partition to a new generation before it is forgotten.
+        partition = self.offsets.partition(tp)
+        for record in records:
+            if not admit():
+                return False  # revoked while we were feeding: the next owner replays it
+            offset, value = record.offset, record.value
+            last = partition.last_tracked
+            if last is not None and offset <= last:
+                log.warning("%s/%d@%d fetched again after %d: dropped (already tracked)",
+                            topic, number, offset, last)
+                continue
+            stats.records += 1
+            position = Position(topic, number, offset)
+            try:
+                changes = decode(value, position)
+            except DecodeError as exc:
+                if not await self._submit_undecodable(tp, position, value, exc, admit):
+                    return False
+                if fed is not None:
+                    fed(partition.pending)
+                continue
+            routed = []
+            for change in changes:
+                routes = handlers_for(change.database, change.table, change.type)
+                if routes:
+                    routed.append((change, routes))
+                else:
+                    stats.unrouted += 1
+                    stats.count_table_row(change.database, change.table, change.type,
+                                          "skipped")
+            if not routed:
+                stats.skipped_records += 1
+            stamp = getattr(record, "timestamp", None)
+            # A record's Kafka time, for the append-to-acknowledgement histogram (none in
+            # messages of the oldest format).
+            appended_at = stamp / 1000 if type(stamp) is int and stamp >= 0 else None
+            partition.track(offset, len(routed), appended_at)
+            stats.rows += len(routed)
+            for change, routes in routed:
+                job = partial(row, partition, change, routes, value)
+                if change.is_ddl:
+                    # A barrier: after every earlier change of its table, before every later.
+                    submitted = await dispatcher.submit(
+                        change.key, job, group=tp, barrier=(change.database, change.table),
+                        admit=admit,
+                    )
+                else:
+                    # A new primary key: the job also comes after (and before) the old key's.
+                    key = change.key
+                    after = None if change.old_pk is None else change.old_key
+                    submitted = submit_nowait(key, job, group=tp, after=after)
+                    if submitted is None:  # the pool is full: wait for a slot
+                        submitted = await dispatcher.submit(key, job, group=tp, after=after,
+                                                            admit=admit)
+                if submitted is None:
+                    return False
+            if fed is not None:
+                fed(partition.pending)
         return True
 
     async def _row(
@@ -189,6 +227,14 @@ class Feeder:
             self.stats.rows_done += 1
         if appended_at is not None:
             self.stats.kafka_to_ack_seconds.observe(time.time() - appended_at)
+
+
+class _Record(NamedTuple):
+    """One record for `feed`, shaped like aiokafka's."""
+
+    offset: int
+    value: bytes | None
+    timestamp: int
 
 
 class _StrayCancel(Exception):

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -141,16 +142,25 @@ class FreshnessSensor:
     """Keeps, per partition, the binlog time of the newest row a handler finished
     (`Stats.applied_until`): how far behind the binlog the index is."""
 
-    __slots__ = ("stats",)
+    __slots__ = ("_newest", "stats")
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
+        # The newest binlog time seen per (topic, partition): most rows are not newer (a
+        # transaction's rows share one), and those cost a comparison, no key or float.
+        self._newest: dict[tuple[str, int], datetime] = {}
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
-        if outcome == "done" and change.executed_at is not None:
-            position = change.position
+        when = change.executed_at
+        if when is None or outcome != "done":
+            return
+        position = change.position
+        where = (position.topic, position.partition)
+        newest = self._newest.get(where)
+        if newest is None or when > newest:
+            self._newest[where] = when
             key = f"{position.topic}/{position.partition}"
-            at = change.executed_at.timestamp()
+            at = when.timestamp()
             if at > self.stats.applied_until.get(key, 0.0):
                 self.stats.applied_until[key] = at
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+import orjson
 import pytest
 
 from esupdater.backoff import Backoff
@@ -198,3 +199,30 @@ def test_a_table_whose_types_change_is_typed_by_the_new_ones_and_back() -> None:
     assert decode(after)[0].row == {"id": 1, "v": "7"}  # an ALTER changed the column
     assert decode(before)[0].row == {"id": 1, "v": 7}  # a replayed older record
     assert decode(other)[0].row == {"id": 1, "v": "7"}
+
+
+@pytest.mark.parametrize("action", [
+    {"_op_type": "index", "_index": "users", "_id": "1", "_source": {"a": 1}},
+    {"_op_type": "index", "_index": "users", "_id": 'quo"te\\', "_source": {}},
+    {"_op_type": "index", "_index": "other", "_id": 7, "_source": {"n": None}},
+    {"_op_type": "delete", "_index": "users", "_id": "ü/2"},
+    {"_op_type": "index", "_index": "users", "_id": "1", "_source": {"a": 1}, "version": 3,
+     "version_type": "external"},
+    {"_op_type": "delete", "_index": "users", "_id": "2", "routing": "r"},
+    {"_index": "users", "_id": "3", "_source": {"b": 2}},
+])
+def test_the_action_lines_kept_per_index_say_what_the_general_path_says(
+    action: dict[str, Any],
+) -> None:
+    writer = BulkWriter(cast(Any, FakeElasticsearch()), BulkLimits(), QUICK)
+    for _ in range(2):  # the second time the index's action-line prefix is a kept one
+        lines: list[bytes] = []
+        size = writer._lines(dict(action), lines)
+        op_type = action.get("_op_type", "index")
+        meta = {k: v for k, v in action.items() if k not in ("_op_type", "_source")}
+        assert orjson.loads(lines[0]) == {op_type: meta}
+        if op_type == "delete":
+            assert len(lines) == 1
+        else:
+            assert orjson.loads(lines[1]) == action["_source"]
+        assert size == sum(len(line) + 1 for line in lines)
