@@ -120,10 +120,23 @@ class _ExactNumbers:
         """`json_dumps` as one C call (no Python frame per document), for the bulk writer's
         hot path; it raises orjson.JSONEncodeError, whose cause is the SerializationError
         `json_dumps` would raise."""
-        return partial(orjson.dumps, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+        return partial(orjson.dumps, default=_decimal_first(self.default),
+                       option=orjson.OPT_SERIALIZE_NUMPY)
 
     def json_loads(self, data: bytes) -> Any:
         return orjson.loads(data)
+
+
+def _decimal_first(default: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`default` with a Decimal (the type orjson calls back for on the hot path) handled
+    first, one call fewer."""
+
+    def exact(data: Any) -> Any:
+        if type(data) is Decimal:
+            return decimal_json(data)
+        return default(data)
+
+    return exact
 
 
 class ExactJsonSerializer(_ExactNumbers, OrjsonSerializer):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import timeit
+import uuid
+from datetime import datetime
 from decimal import Decimal
 
+import orjson
 import pytest
 from elastic_transport import SerializationError
 
+from esupdater.backoff import Backoff
+from esupdater.bulk import BulkLimits, BulkWriter
 from esupdater.clients import make_elasticsearch
+from esupdater.errors import BulkItemError
 from esupdater.settings import ElasticsearchSettings
 from esupdater.testing import MemorySink
 
@@ -93,3 +99,29 @@ def test_serialising_a_typical_row_is_measured() -> None:
     seconds = min(timeit.repeat(lambda: serializer.dumps(row), number=2000, repeat=3)) / 2000
     print(f"\none typical row with a DECIMAL: {seconds * 1e6:.2f} µs")
     assert serializer.dumps(row).count(b"12.50") == 1
+
+
+def test_the_bulk_writer_s_direct_serialiser_writes_what_the_client_s_does() -> None:
+    es = make_elasticsearch(ElasticsearchSettings(hosts=["http://127.0.0.1:9200"]))
+    serializer = es.transport.serializers.get_serializer("application/json")
+    direct = serializer.raw_dumps()
+    row = {"d": Decimal("12.50"), "tiny": Decimal("1E-7"), "at": datetime(2026, 1, 2, 3, 4, 5),
+           "u": uuid.UUID(int=1), "n": None}
+    assert direct(row) == serializer.dumps(row)
+    with pytest.raises(orjson.JSONEncodeError) as caught:
+        direct({"x": Decimal("NaN")})
+    assert isinstance(caught.value.__cause__, SerializationError)
+    assert "not a finite number" in str(caught.value.__cause__)
+
+
+async def test_a_document_the_writer_cannot_serialise_is_refused_with_the_reason() -> None:
+    es = make_elasticsearch(ElasticsearchSettings(hosts=["http://127.0.0.1:9200"]))
+    writer = BulkWriter(es, BulkLimits(), Backoff(0.001, 0.01))
+    await writer.start()
+    try:
+        with pytest.raises(BulkItemError, match="not a finite number") as caught:
+            await writer.execute({"_index": "i", "_id": "1", "_source": {"x": Decimal("NaN")}})
+        assert caught.value.status == 400
+    finally:
+        await writer.close()
+        await es.close()
