@@ -38,8 +38,8 @@ def as_text(value: str) -> str:
     return value
 
 
-def as_int(value: str) -> int:
-    return int(value)
+#: `int` itself: a Python function around it would only add a call per value.
+as_int: Converter = int
 
 
 def as_bool(value: str) -> bool:
@@ -92,12 +92,29 @@ _FLOAT32_DIGITS = 9
 
 
 def as_datetime(value: str) -> str | None:
-    """`YYYY-MM-DD HH:MM:SS[.f]` -> `YYYY-MM-DDTHH:MM:SS[.f]`, which ES's default format takes."""
+    """`YYYY-MM-DD HH:MM:SS[.f]` -> `YYYY-MM-DDTHH:MM:SS[.f]`, which ES's default format takes.
+
+    The usual value costs one parse and one replace; any other takes `_odd_datetime`.
+    """
+    if len(value) < _DATETIME_LEN or value[_DATE_LEN] != " ":
+        return _odd_datetime(value)
+    try:
+        _parse_datetime(value)  # validates in C; far cheaper than checking characters here
+    except ValueError:
+        return _odd_datetime(value)  # the zero date too: year 0 does not parse
+    iso = value.replace(" ", "T", 1)
+    if iso[_DATE_LEN] != "T":  # a space before the one at 10 (never parses: belt and braces)
+        return _odd_datetime(value)
+    return iso
+
+
+def _odd_datetime(value: str) -> str | None:
+    """`as_datetime` by its rules in order: the zero date, the shape, the parse, the `T`."""
     if value.startswith(ZERO_DATE):
         return None
     if len(value) < _DATETIME_LEN or value[_DATE_LEN] != " ":
         raise ValueError(f"not a datetime: {value!r}")
-    _parse_datetime(value)  # validates in C; far cheaper than checking characters here
+    _parse_datetime(value)
     return value[:_DATE_LEN] + "T" + value[_DATE_LEN + 1 :]
 
 

@@ -40,6 +40,8 @@ class CanalDecoder:
         CanalDecodeError, so the record is set aside and the other records go on.
         """
         try:
+            if value and value[0] in _JSON_STARTS:  # the usual record, one call sooner
+                return decode_flat(value, position, self.tinyint1_as_bool)
             return _decode(value, position, self.tinyint1_as_bool)
         except CanalDecodeError:
             raise

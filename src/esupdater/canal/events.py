@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.change import Change, Position
@@ -28,19 +27,23 @@ def executed_at(es_ms: int | None, position: Position) -> datetime | None:
     """Canal's `es` / executeTime (ms since the epoch) as an aware UTC datetime; 0 means unknown."""
     if not es_ms:
         return None
-    if es_ms == _last[0]:  # the records of one transaction, or one millisecond, share it
-        last: datetime = _last[1]
-        return last
-    try:
-        when = datetime.fromtimestamp(es_ms / _MS_PER_S, tz=UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise CanalDecodeError(position, f"execution time {es_ms} ms is out of range") from exc
-    _last[0], _last[1] = es_ms, when
+    when = recent_times.get(es_ms)
+    if when is None:
+        try:
+            when = datetime.fromtimestamp(es_ms / _MS_PER_S, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise CanalDecodeError(position, f"execution time {es_ms} ms is out of range") from exc
+        if len(recent_times) >= _RECENT_TIMES:
+            recent_times.clear()
+        recent_times[es_ms] = when
     return when
 
 
-#: The last execution time converted: (ms, datetime); datetimes are immutable, so shared.
-_last: list[Any] = [None, None]
+#: Execution times converted lately, by ms: the records of one transaction, or of one
+#: millisecond, share one datetime (immutable). A decoder may look here first: a hit costs
+#: no call.
+recent_times: dict[int, datetime] = {}
+_RECENT_TIMES = 1024
 
 
 def ddl_change(

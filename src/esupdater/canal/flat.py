@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import orjson
@@ -12,8 +14,9 @@ from esupdater.canal.events import (
     ddl_change,
     executed_at,
     is_statement_annotation,
+    recent_times,
 )
-from esupdater.canal.values import RowTyper, converter_for
+from esupdater.canal.values import RowTyper, TypeRow, converter_for
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change, Position, previous_pk
 from esupdater.mysql_types import Converter
 
@@ -29,6 +32,19 @@ _JSON_NAMES: dict[type, str] = {
 }
 
 
+def _json_keys(*names: str) -> tuple[str, ...]:
+    """`names` as the str objects orjson gives for these keys: it keeps one per key it has
+    seen, so a lookup with them matches by identity instead of comparing the text (a speed-up
+    only: any other str with the same text finds the same value)."""
+    return tuple(orjson.loads(orjson.dumps(dict.fromkeys(names))))
+
+
+#: A FlatMessage's header fields, in one call; `data` last.
+_header = itemgetter(*_json_keys("database", "table", "type", "isDdl", "es", "pkNames", "sql",
+                                 "data"))
+
+_MYSQL_TYPE, _SQL_TYPE, _OLD = _json_keys("mysqlType", "sqlType", "old")
+
 #: `Change.changed` of a row that is not an UPDATE's: one shared empty set, not one per row.
 _NO_COLUMNS: frozenset[str] = frozenset()
 
@@ -43,9 +59,10 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         raise CanalDecodeError(
             position, f"not a Canal flat message: JSON {_kind(message)}, not an object"
         )
-    get = message.get
-    database, table, type_ = get("database"), get("table"), get("type")
-    is_ddl, es_ms, pk_list, sql = get("isDdl"), get("es"), get("pkNames"), get("sql")
+    try:
+        database, table, type_, is_ddl, es_ms, pk_list, sql, data = _header(message)
+    except KeyError:  # a field is missing: the checks one by one below say which
+        database = None
     # type() rather than isinstance(): JSON true must not pass as the integer 1.
     if not (
         type(database) is str and type(table) is str and type(type_) is str
@@ -59,42 +76,35 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
         es_ms = _optional(message, "es", int, position)
         pk_list = _optional(message, "pkNames", list, position)
         sql = _optional(message, "sql", str, position)
-    is_ddl = is_ddl or False
-    sql = sql or ""
-    when = executed_at(es_ms, position)
-    pk_names = tuple(_strings(pk_list, position)) if pk_list else ()
-    if is_statement_annotation(type_, is_ddl):
+        data = message.get("data")
+    # Both are usually the last record's: looked up here, not converted or checked again.
+    when = recent_times.get(es_ms or 0) or executed_at(es_ms, position)
+    last_pk = _last_pk  # one read: another thread may replace it meanwhile
+    pk_names = last_pk[1] if pk_list == last_pk[0] else _pk_names(pk_list, position)
+    if is_ddl or type_ not in ROW_TYPES:
+        return _other_event(message, database, table, type_, is_ddl or False, sql or "",
+                            pk_names, when, position)
+    if type(data) is not list:
+        data = _optional(message, "data", list, position)
+    if not data:
         return []
-    if is_ddl or type_ in DDL_TYPES:
-        return [ddl_change(database, table, type_, sql, pk_names, when, position, 0)]
-    data = _optional(message, "data", list, position)
-    if not data or type_ in SKIPPED_TYPES:
-        return []
-    if type_ not in ROW_TYPES:
-        raise CanalDecodeError(position, f"unknown event type {type_!r} for rows")
-    typer = _typer(message, database, table, position, tinyint1_as_bool)
-    olds: list[Any] = []
-    if type_ == "UPDATE":
-        olds = _optional(message, "old", list, position) or [{}] * len(data)
-        if len(olds) != len(data):
-            raise CanalDecodeError(
-                position, f"field 'old' has {len(olds)} entries for {len(data)} rows"
-            )
+    type_row, type_old = _typer(message, database, table, position, tinyint1_as_bool)
+    olds = _olds(message, len(data), position) if type_ == "UPDATE" else None
     changes = []
     for index, raw in enumerate(data):
-        if not isinstance(raw, dict):
+        if type(raw) is not dict:
             raise CanalDecodeError(position, f"data[{index}] must be an object, got {_kind(raw)}")
-        row = typer(raw)  # first: it checks that every value is a string or null
+        row = type_row(raw, position)  # first: it checks that every value is a string or null
         old = None
         old_pk = None
         changed = _NO_COLUMNS
-        if olds:
+        if olds is not None:
             raw_old = olds[index]
-            if not isinstance(raw_old, dict):
+            if type(raw_old) is not dict:
                 raise CanalDecodeError(
                     position, f"old[{index}] must be an object, got {_kind(raw_old)}"
                 )
-            old = typer(raw_old)
+            old = type_old(raw_old, position)
             changed = frozenset(raw_old)
             old_pk = previous_pk(pk_names, raw, raw_old)
         # Positional, in Change's field order: one is built per row.
@@ -103,31 +113,70 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
     return changes
 
 
-#: Row typers per table (database NUL table), each with the column types it was built
-#: from: one table's messages share them, so the converters are looked up once per schema
-#: rather than once per message. Checked by comparing the message's type maps with the
-#: kept ones (no key built per message); a table whose types change gets a new typer.
-#: One map per `tinyint1_as_bool`.
-_typers: tuple[dict[str, tuple[Any, Any, RowTyper]], ...] = ({}, {})
+def _other_event(
+    message: dict[str, Any], database: str, table: str, type_: str, is_ddl: bool, sql: str,
+    pk_names: tuple[str, ...], when: datetime | None, position: Position,
+) -> list[Change]:
+    """A message that is not an INSERT, UPDATE or DELETE: a statement text, a DDL statement,
+    an event that carries nothing, or one that is not Canal's."""
+    if is_statement_annotation(type_, is_ddl):
+        return []
+    if is_ddl or type_ in DDL_TYPES:
+        return [ddl_change(database, table, type_, sql, pk_names, when, position, 0)]
+    data = _optional(message, "data", list, position)
+    if not data or type_ in SKIPPED_TYPES:
+        return []
+    raise CanalDecodeError(position, f"unknown event type {type_!r} for rows")
+
+
+def _olds(message: dict[str, Any], rows: int, position: Position) -> list[Any]:
+    """An UPDATE's old values, one entry per row; none sent is no column changed."""
+    olds = message.get(_OLD)
+    if not olds or type(olds) is not list:
+        olds = _optional(message, _OLD, list, position) or [{}] * rows
+    if len(olds) != rows:
+        raise CanalDecodeError(position, f"field 'old' has {len(olds)} entries for {rows} rows")
+    return olds
+
+
+def _pk_names(pk_list: list[Any] | None, position: Position) -> tuple[str, ...]:
+    """`pkNames` as a tuple of strings, kept for the next record (a table's records repeat it)."""
+    global _last_pk
+    pk_names = tuple(_strings(pk_list, position)) if pk_list else ()
+    _last_pk = (pk_list, pk_names)
+    return pk_names
+
+
+#: The last `pkNames` and its tuple: a list equal to a checked list of strings is one too.
+_last_pk: tuple[list[str] | None, tuple[str, ...]] = (None, ())
+
+#: Row typers per (database, table), each with the column types it was built from: one
+#: table's messages share them, so the converters are looked up and the typer compiled once
+#: per schema rather than once per message. Checked by comparing the message's type maps
+#: with the kept ones; a table whose types change gets new typers. One map per
+#: `tinyint1_as_bool`.
+_typers: tuple[dict[tuple[str, str], tuple[Any, Any, tuple[TypeRow, TypeRow]]], ...] = ({}, {})
 _MAX_TYPERS = 4096  # tables kept; beyond that, start again
 
 
 def _typer(
     message: dict[str, Any], database: str, table: str, position: Position,
     tinyint1_as_bool: bool,
-) -> RowTyper:
-    mysql_types = message.get("mysqlType")
-    sql_types = message.get("sqlType")
+) -> tuple[TypeRow, TypeRow]:
+    """The typers of a message's rows, and of an UPDATE's old values (a few columns each)."""
+    mysql_types = message.get(_MYSQL_TYPE)
+    sql_types = message.get(_SQL_TYPE)
     kept = _typers[tinyint1_as_bool]
-    key = database + "\0" + table  # NUL: never inside a MySQL identifier
+    key = (database, table)
     found = kept.get(key)
     if found is not None and found[0] == mysql_types and found[1] == sql_types:
-        return found[2].at(position)
+        return found[2]
     typer = RowTyper(_converters(message, position, tinyint1_as_bool), position)
+    typers = (typer.compiled(), typer.typed)
     if len(kept) >= _MAX_TYPERS:
         kept.clear()
-    kept[key] = (mysql_types, sql_types, typer)
-    return typer
+    kept[key] = (mysql_types, sql_types, typers)
+    return typers
 
 
 def _converters(

@@ -11,7 +11,7 @@ built once and kept in a dict; converting a value is then one call, with no rege
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from esupdater.canal.errors import CanalDecodeError
 from esupdater.change import Position
@@ -129,55 +129,121 @@ def _build(mysql_type: str | None, sql_type: int | None, tinyint1_as_bool: bool)
 
 _VALID_VALUE_TYPES = frozenset({str, type(None)})
 
+#: Canal's strings of one row -> its typed values; an error names the record at `position`.
+TypeRow = Callable[[dict[str, Any], Position], dict[str, Any]]
+
 
 class RowTyper:
-    """Types the rows of one message: the converters of its columns, looked up once."""
+    """Types the rows of one schema: the converters of its columns, looked up once."""
 
-    __slots__ = ("_by_name", "_position", "_typed")
+    __slots__ = ("_by_name", "_names", "_position")
 
     def __init__(self, converters: dict[str, Converter], position: Position) -> None:
         # Columns that stay strings need no call at all: rows start as a copy of Canal's.
         self._by_name = {name: conv for name, conv in converters.items() if conv is not as_text}
-        self._typed = tuple(self._by_name.items())
+        self._names = tuple(converters)
         self._position = position
-
-    def at(self, position: Position) -> RowTyper:
-        """This typer for another record's rows (errors name the record): shares the
-        converters, costs one small object."""
-        if position is self._position:
-            return self
-        typer = RowTyper.__new__(RowTyper)
-        typer._by_name, typer._typed, typer._position = self._by_name, self._typed, position
-        return typer
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Canal's strings of one row -> typed values; unknown columns stay strings."""
-        if not _VALID_VALUE_TYPES.issuperset(map(type, raw.values())):
-            self._reject_value_types(raw)
-        row = raw.copy()
-        name, value = "", None
-        try:
-            if len(raw) < len(self._typed):  # an UPDATE's old values: few columns
-                by_name = self._by_name
-                for name, value in raw.items():
-                    convert = by_name.get(name)
-                    if convert is not None and value is not None:
-                        row[name] = convert(value)
-            else:
-                for name, convert in self._typed:
-                    value = raw.get(name)
-                    if value is not None:
-                        row[name] = convert(value)
-        except (ValueError, ArithmeticError) as exc:
-            raise CanalDecodeError(
-                self._position, f"column {name!r}: {value!r} is not a valid value ({exc})"
-            ) from exc
-        return row
+        return self.typed(raw, self._position)
 
-    def _reject_value_types(self, raw: dict[str, Any]) -> None:
+    def typed(self, raw: dict[str, Any], position: Position) -> dict[str, Any]:
+        """`__call__` for a record at `position`: one typer serves every record of a schema,
+        with no object made per record. Any row: `compiled`'s fallback, and an UPDATE's old
+        values. One pass: each value's type is checked where it is converted."""
+        row = raw.copy()
+        by_name = self._by_name
+        try:
+            for name, value in raw.items():
+                if value.__class__ is str:
+                    convert = by_name.get(name)
+                    if convert is not None:
+                        row[name] = convert(value)
+                elif value is not None:
+                    break  # neither a string nor null
+            else:
+                return row
+        except (ValueError, ArithmeticError):
+            self._reject(raw, position)
+        self._reject(raw, position)
+
+    def compiled(self) -> TypeRow:
+        """`typed` as one straight-line function for this schema (built once per schema)."""
+        return _compile(self._names, self._by_name, self.typed)
+
+    def _reject(self, raw: dict[str, Any], position: Position) -> NoReturn:
+        """The error for a row `typed` refused, whichever pass found it: the first value that
+        is neither a string nor null; else the first that does not convert, in the schema's
+        order for a whole row, in the row's for an UPDATE's few old values."""
         for name, value in raw.items():
             if type(value) not in _VALID_VALUE_TYPES:
                 raise CanalDecodeError(
-                    self._position,
-                    f"column {name!r}: value must be a string or null, got {value!r}",
+                    position, f"column {name!r}: value must be a string or null, got {value!r}"
                 )
+        few = len(raw) < len(self._by_name)
+        for name in raw if few else self._by_name:
+            convert, value = self._by_name.get(name), raw.get(name)
+            if convert is None or value is None:
+                continue
+            try:
+                convert(value)
+            except (ValueError, ArithmeticError) as exc:
+                raise CanalDecodeError(
+                    position, f"column {name!r}: {value!r} is not a valid value ({exc})"
+                ) from exc
+        raise CanalDecodeError(position, "a value could not be typed")  # converters are pure
+
+
+# The lines of a compiled typer. Only column numbers are written into them: a column's name
+# and converter reach the code as the values of `name_<i>` and `convert_<i>`, never as text.
+_HEAD = """\
+def type_row(raw, position):
+    if len(raw) != {columns}:
+        return fallback(raw, position)
+    row = raw.copy()
+    try:
+"""
+_CONVERTED = """\
+        value = raw[name_{i}]
+        if value.__class__ is str:
+            row[name_{i}] = convert_{i}(value)
+        elif value is not None:
+            return fallback(raw, position)
+"""
+_KEPT = """\
+        value = raw[name_{i}]
+        if value.__class__ is not str and value is not None:
+            return fallback(raw, position)
+"""
+_TAIL = """\
+    except (KeyError, ValueError, ArithmeticError):
+        return fallback(raw, position)
+    return row
+"""
+
+
+def _compile(names: tuple[str, ...], by_name: dict[str, Converter], fallback: TypeRow) -> TypeRow:
+    """A row of exactly the schema's columns, each a string or null and valid, typed with no
+    loop, no separate pass over the values' types and no per-value lookup.
+
+    Any other row (an UPDATE's few old values, an unknown or a missing column, a value that is
+    not a string, one that does not convert) goes to `fallback`, which types it the same way
+    or raises the error that names the column: this code never decides an outcome of its own.
+    """
+    if not names:
+        return fallback
+    namespace: dict[str, Any] = {"fallback": fallback}
+    lines = [_HEAD.format(columns=len(names))]
+    for i, name in enumerate(names):
+        namespace[f"name_{i}"] = name
+        convert = by_name.get(name)
+        if convert is None:
+            lines.append(_KEPT.format(i=i))
+        else:
+            namespace[f"convert_{i}"] = convert
+            lines.append(_CONVERTED.format(i=i))
+    lines.append(_TAIL)
+    exec("".join(lines), namespace)
+    type_row: TypeRow = namespace["type_row"]
+    return type_row
