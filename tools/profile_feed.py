@@ -36,8 +36,13 @@ from esupdater.dispatch import KeyedDispatcher
 from esupdater.feeding import Feeder
 from esupdater.handling import HandlerRunner
 from esupdater.offsets import OffsetTracker
+from esupdater.service import tune_gc
 from esupdater.settings import Settings
 from esupdater.stats import Stats
+
+#: Records per fetch, over all partitions (aiokafka's max_poll_records default is 500 per
+#: partition; a backlog's fetch brings several partitions at once).
+FETCHED_RECORDS = 2000
 
 
 class AnsweringElasticsearch:
@@ -103,11 +108,18 @@ async def run(values: list[tuple[int, bytes, int]], rows: int) -> float:
                     offsets=OffsetTracker(), backoff=Backoff(), gate=gate)
     tps = [TopicPartition("t", p) for p in range(4)]
     next_offset = [0] * 4
+    # Fed as the consume loop feeds: each fetch's records of one partition in one call.
+    fetched: dict[int, list[SimpleNamespace]] = {}
     started = time.process_time()
-    for partition, value, _ in values:
+    for number, (partition, value, _) in enumerate(values, 1):
         offset = next_offset[partition]
         next_offset[partition] += 1
-        await feeder.feed(tps[partition], offset, value, lambda: True)
+        fetched.setdefault(partition, []).append(
+            SimpleNamespace(offset=offset, value=value, timestamp=-1))
+        if number % FETCHED_RECORDS == 0 or number == len(values):
+            for partition_number, records in fetched.items():
+                await feeder.feed_records(tps[partition_number], records, lambda: True)
+            fetched.clear()
     await feeder.dispatcher.drain()
     cpu = time.process_time() - started
     await writer.close()
@@ -127,6 +139,7 @@ def main() -> None:
     for offset, (partition, value, _) in enumerate(values):
         decoder.decode(value, Position("t", partition, offset))
     decode = time.process_time() - started
+    tune_gc()  # as `esupdater run` does once started
     cpu = uvloop.run(run(values, args.rows))
     per = 1e6 / args.rows
     print(f"{args.shape}-row messages: decode {decode * per:.1f} us/row, "
