@@ -232,19 +232,9 @@ class BulkWriter:
             else:  # a second unsettled write of the document: from now on, a list
                 queue = [earlier, ticket]
                 earlier.queue = ticket.queue = order[key] = queue
-        # _queue, inlined: this runs once per write.
-        loop = self._loop
-        if loop is None:  # not started: no lane runs, but the caller may still wait
-            loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        lanes = self._lanes
-        lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
-        lane.items.append((action, future, ticket))
-        if lane.waiter is not None:
-            lane.wake()
         try:
             try:
-                return await future
+                return await self._queue(action, ticket, key)
             except _Retry as failure:  # the rare path: retried in order, with backoff
                 return await self._until_done(action, ticket, key, failure)
         finally:
