@@ -28,8 +28,6 @@ FETCH_TIMEOUT_MS = 200
 CANCEL_TIMEOUT = 5.0
 #: Seconds a commit may take at least (it is bounded by the drain timeout otherwise).
 MIN_COMMIT_TIMEOUT = 5.0
-#: How often the commit loop looks for an idle pool with something to commit.
-IDLE_COMMIT_CHECK = 0.1
 
 
 def rebalance_timeout_ms(drain_timeout: float) -> int:
@@ -157,21 +155,8 @@ class ConsumeLoop:
 
     async def _commit_loop(self) -> None:
         while True:
-            await self._commit_due()
+            await asyncio.sleep(self.commit_interval)
             await self.commit()
-
-    async def _commit_due(self) -> None:
-        """Return when `commit_interval` has passed, or sooner once nothing is in flight and
-        some commit point moved: offsets of a stream that went quiet are committed at once
-        (lag and a restart's replay need not wait out the interval)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.commit_interval
-        while True:
-            await asyncio.sleep(max(0.0, min(deadline - loop.time(), IDLE_COMMIT_CHECK)))
-            if loop.time() >= deadline:
-                return
-            if not self.dispatcher.in_flight and self.offsets.commit_map():
-                return
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""

@@ -63,28 +63,3 @@ def test_the_group_waits_for_a_whole_revocation_drain_before_evicting() -> None:
         # drain, then cancelling what did not finish, then a commit bounded like the drain
         assert waited > drain + CANCEL_TIMEOUT + max(drain, 5.0)
 
-
-async def test_a_quiet_pool_commits_without_waiting_out_the_interval() -> None:
-    consumer = InstantConsumer()
-    pipeline = _pipeline(consumer)
-    pipeline.commit_interval = 3600.0
-    loop_task = asyncio.create_task(pipeline._commit_loop())
-    try:
-        for _ in range(30):  # the done record is committed within a few idle checks
-            await asyncio.sleep(0.05)
-            if consumer.commits:
-                break
-        assert consumer.commits == 1
-        # Another record done while a row is still in flight: that one waits for the
-        # interval, or for the pool to run empty.
-        tp, release = TopicPartition("t", 0), asyncio.Event()
-        assert pipeline.dispatcher.submit_nowait("busy", release.wait) is not None
-        pipeline.offsets.track(tp, 1, 1)
-        pipeline.offsets.row_done(tp, 1)
-        await asyncio.sleep(0.3)
-        assert consumer.commits == 1
-        release.set()
-        await asyncio.sleep(0.3)
-        assert consumer.commits == 2
-    finally:
-        loop_task.cancel()
