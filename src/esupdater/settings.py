@@ -216,7 +216,7 @@ class SourceSettings(_Section):
 class DispatchSettings(_Section):
     """How many rows are handled at once (esupdater.dispatch); there is no worker pool."""
 
-    max_rows_in_flight: int = Field(default=1024, ge=1, le=100_000)
+    max_rows_in_flight: int = Field(default=2048, ge=1, le=100_000)
 
 
 class BulkSettings(_Section):

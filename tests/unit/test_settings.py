@@ -47,7 +47,7 @@ def test_defaults_without_a_settings_file() -> None:
     assert s.kafka.sasl_password is None
     assert s.elasticsearch.hosts == ["http://127.0.0.1:9200"]
     assert s.elasticsearch.request_timeout == 30.0
-    assert s.dispatch.max_rows_in_flight == 1024
+    assert s.dispatch.max_rows_in_flight == 2048
     assert s.source.tinyint1_as_bool is False
     assert s.source.format == "canal"
     assert (s.bulk.chunk_size, s.bulk.max_chunk_bytes) == (1000, 10 * 1024 * 1024)
