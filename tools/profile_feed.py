@@ -1,6 +1,6 @@
 """CPU per row of esupdater's own path without Kafka or a server: a quick loop for changes.
 
-    python -m tools.profile_feed [--rows 100000] [--shape 10]
+    python -m tools.profile_feed [--rows 100000] [--shape 10] [--contender esupdater|D]
 
 Feeds the benchmark's users dataset (bench/lib/dataset.py), already encoded, through the
 service's parts as `esupdater run` builds them (decoder, registry, Feeder, KeyedDispatcher,
@@ -8,6 +8,12 @@ HandlerRunner, BulkWriter with default settings) into a client whose `bulk` answ
 item as created without a network, with the benchmark's handler. Prints CPU microseconds
 per row for decoding alone and for the whole path; `tools/profile_hotpath.py` measures the
 real thing against Kafka and Elasticsearch.
+
+`--contender D` runs the benchmark's batch loop's per-batch work instead (`orjson.loads`,
+its actions, one `async_bulk` of the fetched batch) into the same answering client, so the
+two paths compare without Kafka, a server or the machine's noise:
+`tools/count_instructions.py` counts both under valgrind. `--stage setup` builds the
+dataset and stops (what a count subtracts); `--stage path` runs the contender's path alone.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import orjson
 import uvloop
 from aiokafka.structs import TopicPartition
 from elastic_transport import SerializerCollection
+from elasticsearch.helpers import async_bulk
 
+from bench.lib.batch_loop import actions_of
 from bench.lib.dataset import messages, statements
 from esupdater import Change, Context, Registry
 from esupdater.backoff import Backoff
@@ -59,7 +67,7 @@ class AnsweringElasticsearch:
     def options(self, **_: Any) -> AnsweringElasticsearch:
         return self
 
-    async def bulk(self, *, operations: Any, **_: Any) -> SimpleNamespace:
+    async def bulk(self, *, operations: Any, **_: Any) -> _Answer:
         await asyncio.sleep(0.002)
         lines = operations if isinstance(operations, list) else operations.splitlines()
         items = []
@@ -74,7 +82,15 @@ class AnsweringElasticsearch:
                                "result": "created", "_version": 1}})
         self.requests += 1
         body = orjson.loads(orjson.dumps({"took": 1, "errors": False, "items": items}))
-        return SimpleNamespace(body=body)
+        return _Answer(body)
+
+
+class _Answer(dict[str, Any]):
+    """The answer as the client gives it: `body`, and subscriptable (the helpers read it so)."""
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self
 
 
 class _Gate:
@@ -128,12 +144,53 @@ async def run(values: list[tuple[int, bytes, int]], rows: int) -> float:
     return cpu
 
 
+async def run_batch_loop(values: list[tuple[int, bytes, int]], rows: int) -> float:
+    """Contender D's work per fetched batch (bench/lib/batch_loop.py), fetches as large as
+    `run` feeds, into the same answering client; its CPU seconds."""
+    es = AnsweringElasticsearch()
+    done = 0
+    fetched: list[bytes] = []
+    started = time.process_time()
+    for number, (_, value, _) in enumerate(values, 1):
+        fetched.append(value)
+        if number % FETCHED_RECORDS == 0 or number == len(values):
+            actions: list[dict[str, Any]] = []
+            for record in fetched:
+                actions += actions_of(orjson.loads(record), "users", "shop.users")
+            client: Any = es  # answers as the client does, for what the helper reads
+            await async_bulk(client, actions, ignore_status=(404,), raise_on_error=False,
+                             stats_only=True)
+            done += len(actions)
+            fetched.clear()
+    cpu = time.process_time() - started
+    assert done == rows, (done, rows)
+    print(f"  {es.requests} bulk requests, {rows / max(es.requests, 1):.0f} actions each")
+    return cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--shape", type=int, default=10)
+    parser.add_argument("--contender", choices=("esupdater", "D"), default="esupdater")
+    parser.add_argument("--stage", choices=("setup", "path", "all"), default="all",
+                        help="setup: build the dataset and stop; path: the contender's path "
+                             "only, without timing decoding alone (both for instruction counts)")
     args = parser.parse_args()
     values = list(messages(statements(args.rows, partitions=4), args.shape))
+    if args.stage == "setup":
+        tune_gc()
+        return
+    if args.contender == "D":
+        tune_gc()
+        cpu = uvloop.run(run_batch_loop(values, args.rows))
+        print(f"{args.shape}-row messages, D: whole path {cpu * 1e6 / args.rows:.1f} us/row")
+        return
+    if args.stage == "path":
+        tune_gc()
+        cpu = uvloop.run(run(values, args.rows))
+        print(f"{args.shape}-row messages: whole path {cpu * 1e6 / args.rows:.1f} us/row")
+        return
     decoder = CanalDecoder()
     started = time.process_time()
     for offset, (partition, value, _) in enumerate(values):
