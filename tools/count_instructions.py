@@ -1,4 +1,5 @@
-"""Instructions per row of esupdater's path and of the batch loop D's, and their ratio.
+"""Instructions per row of esupdater's path (with an async handler, and with a mapper) and
+of the batch loop D's, and their ratios.
 
     python -m tools.count_instructions [--rows 20000] [--shapes 1,10]
 
@@ -48,11 +49,13 @@ def main() -> None:
         setup = instructions(args.rows, shape, "esupdater", "setup")
         per_row = {
             contender: (instructions(args.rows, shape, contender, "path") - setup) / args.rows
-            for contender in ("esupdater", "D")
+            for contender in ("esupdater", "mapper", "D")
         }
-        print(f"{shape}-row messages: esupdater {per_row['esupdater']:,.0f}, "
-              f"D {per_row['D']:,.0f} instructions per row; "
-              f"esupdater / D {per_row['esupdater'] / per_row['D']:.2f}")
+        d = per_row["D"]
+        print(f"{shape}-row messages: esupdater {per_row['esupdater']:,.0f} (handler), "
+              f"{per_row['mapper']:,.0f} (mapper), D {d:,.0f} instructions per row; "
+              f"esupdater / D {per_row['esupdater'] / d:.2f} (handler), "
+              f"{per_row['mapper'] / d:.2f} (mapper)")
 
 
 if __name__ == "__main__":

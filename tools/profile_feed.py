@@ -32,7 +32,7 @@ from elasticsearch.helpers import async_bulk
 
 from bench.lib.batch_loop import actions_of
 from bench.lib.dataset import messages, statements
-from esupdater import Change, Context, Registry
+from esupdater import Change, Context, Registry, actions
 from esupdater.backoff import Backoff
 from esupdater.bulk import BulkWriter
 from esupdater.canal import CanalDecoder
@@ -101,7 +101,9 @@ class _Gate:
         pass
 
 
-async def run(values: list[tuple[int, bytes, int]], rows: int) -> float:
+async def run(values: list[tuple[int, bytes, int]], rows: int, *, mapped: bool = False) -> float:
+    """esupdater's path, its CPU seconds: the handler below, or (`mapped`) the same writes
+    by a mapper."""
     settings = Settings()
     stats = Stats()
     es = AnsweringElasticsearch()
@@ -115,13 +117,21 @@ async def run(values: list[tuple[int, bytes, int]], rows: int) -> float:
         else:
             await ctx.index(index="users", id=change.pk, doc=change.row)
 
-    registry.add("shop.users", handle)
+    def user_document(change: Change) -> dict[str, Any]:
+        if change.is_delete:
+            return actions.delete(index="users", id=change.pk)
+        return actions.index(index="users", id=change.pk, doc=change.row)
+
+    if mapped:
+        registry.add_mapper("shop.users", user_document)
+    else:
+        registry.add("shop.users", handle)
     gate = _Gate()
     runner = HandlerRunner(writer, None, stats, SetAside(stats), max_attempts=5,
                            backoff=Backoff(), gate=gate)
     feeder = Feeder(CanalDecoder(), registry, runner, SetAside(stats), stats,
                     dispatcher=KeyedDispatcher(settings.dispatch.max_rows_in_flight),
-                    offsets=OffsetTracker(), backoff=Backoff(), gate=gate)
+                    offsets=OffsetTracker(), backoff=Backoff(), gate=gate, writer=writer)
     tps = [TopicPartition("t", p) for p in range(4)]
     next_offset = [0] * 4
     # Fed as the consume loop feeds: each fetch's records of one partition in one call.
@@ -172,7 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--shape", type=int, default=10)
-    parser.add_argument("--contender", choices=("esupdater", "D"), default="esupdater")
+    parser.add_argument("--contender", choices=("esupdater", "mapper", "D"), default="esupdater",
+                        help="esupdater with an async handler or a mapper, or the batch loop D")
     parser.add_argument("--stage", choices=("setup", "path", "all"), default="all",
                         help="setup: build the dataset and stop; path: the contender's path "
                              "only, without timing decoding alone (both for instruction counts)")
@@ -188,8 +199,9 @@ def main() -> None:
         return
     if args.stage == "path":
         tune_gc()
-        cpu = uvloop.run(run(values, args.rows))
-        print(f"{args.shape}-row messages: whole path {cpu * 1e6 / args.rows:.1f} us/row")
+        cpu = uvloop.run(run(values, args.rows, mapped=args.contender == "mapper"))
+        per_row = cpu * 1e6 / args.rows
+        print(f"{args.shape}-row messages, {args.contender}: whole path {per_row:.1f} us/row")
         return
     decoder = CanalDecoder()
     started = time.process_time()
@@ -197,7 +209,7 @@ def main() -> None:
         decoder.decode(value, Position("t", partition, offset))
     decode = time.process_time() - started
     tune_gc()  # as `esupdater run` does once started
-    cpu = uvloop.run(run(values, args.rows))
+    cpu = uvloop.run(run(values, args.rows, mapped=args.contender == "mapper"))
     per = 1e6 / args.rows
     print(f"{args.shape}-row messages: decode {decode * per:.1f} us/row, "
           f"whole path {cpu * per:.1f} us/row")

@@ -3,6 +3,7 @@
 Handlers import everything they need from here::
 
     from esupdater import Change, Context, on
+    from esupdater import actions, maps      # mappers: plain functions returning actions
 
 The test harness (`apply`, `MemorySink`, `make_change`, `changes_from_canal`, from
 esupdater.testing) is importable from here too, but loads only when one of them is used.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from esupdater import actions
 from esupdater.change import Change, Position
 from esupdater.context import Context
 from esupdater.errors import BulkItemError, DecodeError, EsupdaterError
 from esupdater.lazy import lazy_names
-from esupdater.routing import Registry, on
+from esupdater.routing import Registry, maps, on
 
 if TYPE_CHECKING:
     from esupdater.testing import MemorySink, apply, changes_from_canal, make_change
@@ -33,9 +35,11 @@ __all__ = [
     "Position",
     "Registry",
     "__version__",
+    "actions",
     "apply",
     "changes_from_canal",
     "make_change",
+    "maps",
     "on",
 ]
 

@@ -22,7 +22,8 @@ from typing import Any
 import asyncmy
 import orjson
 
-from esupdater.bulk import Action, BulkSink
+from esupdater.actions import Action
+from esupdater.bulk import BulkSink
 from esupdater.canal.build import flat_message
 from esupdater.change import BACKFILL_VERSION, Change
 from esupdater.components import Components, components

@@ -38,6 +38,7 @@ from elastic_transport import SerializationError
 from elasticsearch import ApiError, AsyncElasticsearch
 from elasticsearch.helpers import expand_action
 
+from esupdater.actions import Action
 from esupdater.backoff import Backoff
 from esupdater.errors import BulkItemError, FailureKind, classify, classify_item
 from esupdater.stats import Stats
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 
 #: Version types with which a 409 means "the document already holds a newer change".
 EXTERNAL_VERSION_TYPES = frozenset({"external", "external_gt", "external_gte"})
-
-Action = dict[str, Any]
 
 
 class BulkSink(Protocol):
@@ -84,19 +83,19 @@ def _after_earlier() -> _Retry:
     return _Retry("an earlier write of this document is retried first", at_once=True)
 
 
-class _Ticket:
+class Ticket:
     """One `execute` call, in the submission order of its document's writes."""
 
     __slots__ = ("failed", "queue", "settled")
 
-    def __init__(self, queue: list[_Ticket] | None) -> None:
+    def __init__(self, queue: list[Ticket] | None) -> None:
         # The document's unsettled tickets, oldest first, once it has more than one; None
         # while this is its only unsettled write (the usual case: no list) or it has no _id.
         self.queue = queue
         self.failed = False  # its latest attempt failed and it will be sent again
         self.settled: asyncio.Event | None = None  # made by whoever waits for it
 
-    def behind_failed(self) -> _Ticket | None:
+    def behind_failed(self) -> Ticket | None:
         """An earlier, unsettled write of the same document that is waiting to be retried."""
         queue = self.queue
         if queue is None or queue[0] is self:
@@ -109,7 +108,7 @@ class _Ticket:
         return None
 
 
-_Item = tuple[Action, "asyncio.Future[dict[str, Any]]", _Ticket]
+_Item = tuple[Action, "asyncio.Future[dict[str, Any]]", Ticket]
 
 #: Action keys that go into the action line (renamed without their underscore where
 #: Elasticsearch's bulk API wants that), as elasticsearch.helpers.expand_action has them.
@@ -182,7 +181,7 @@ class BulkWriter:
         self._tasks: list[asyncio.Task[None]] = []
         # Unsettled writes per (index, id): the ticket while it is the only one, then the
         # list of them in submission order.
-        self._order: dict[tuple[Any, Any], _Ticket | list[_Ticket]] = {}
+        self._order: dict[tuple[Any, Any], Ticket | list[Ticket]] = {}
         serializer = es.transport.serializers.get_serializer("application/json")
         # The client's own serializer, as one C call where it offers that (clients.py).
         raw_dumps = getattr(serializer, "raw_dumps", None)
@@ -216,42 +215,78 @@ class BulkWriter:
         as they last (the offset is not committed meanwhile); a refused document raises
         BulkItemError.
         """
-        doc_id = action.get("_id")
-        ticket = _Ticket(None)
-        if doc_id is None:  # Elasticsearch picks the id: no other write can target it
-            key = None
-        else:
-            key = (action.get("_index"), doc_id)
-            order = self._order
-            earlier = order.get(key)
-            if earlier is None:
-                order[key] = ticket  # its document's only unsettled write
-            elif isinstance(earlier, list):
-                ticket.queue = earlier
-                earlier.append(ticket)
-            else:  # a second unsettled write of the document: from now on, a list
-                queue = [earlier, ticket]
-                earlier.queue = ticket.queue = order[key] = queue
+        ticket, key = self._ticket(action)
         try:
             try:
                 return await self._queue(action, ticket, key)
             except _Retry as failure:  # the rare path: retried in order, with backoff
                 return await self._until_done(action, ticket, key, failure)
         finally:
-            # _settle, inlined for a document's only write.
-            if ticket.queue is None and ticket.settled is None:
-                if key is not None:
-                    del self._order[key]
-            else:
-                self._settle(key, ticket)
+            self.done_with(ticket, key)
+
+    def queue_nowait(
+        self, action: Action, future: asyncio.Future[dict[str, Any]]
+    ) -> tuple[Ticket, tuple[Any, Any] | None]:
+        """`execute`'s first attempt with no coroutine: the action is queued in its
+        document's order and `future` gets its item or the failure. Then the caller calls
+        `done_with` with what this returns once it went through, or awaits `finish`."""
+        ticket, key = self._ticket(action)
+        self._queue(action, ticket, key, future)
+        return ticket, key
+
+    async def finish(
+        self, action: Action, ticket: Ticket, key: tuple[Any, Any] | None,
+        failure: BaseException | None,
+    ) -> None:
+        """What `execute` does once a `queue_nowait` attempt ended with `failure`: retried
+        (transient, held) in the document's order until done, or raised (refused); then
+        `done_with`."""
+        try:
+            if failure is None:
+                return
+            if not isinstance(failure, _Retry):
+                raise failure
+            await self._until_done(action, ticket, key, failure)
+        finally:
+            self.done_with(ticket, key)
+
+    def done_with(self, ticket: Ticket, key: tuple[Any, Any] | None) -> None:
+        """The action of `ticket` settled: later writes of its document no longer wait."""
+        # _settle, inlined for a document's only write.
+        if ticket.queue is None and ticket.settled is None:
+            if key is not None:
+                del self._order[key]
+        else:
+            self._settle(key, ticket)
+
+    def _ticket(self, action: Action) -> tuple[Ticket, tuple[Any, Any] | None]:
+        """A place in the order of the action's document's unsettled writes."""
+        doc_id = action.get("_id")
+        ticket = Ticket(None)
+        if doc_id is None:  # Elasticsearch picks the id: no other write can target it
+            return ticket, None
+        key = (action.get("_index"), doc_id)
+        order = self._order
+        earlier = order.get(key)
+        if earlier is None:
+            order[key] = ticket  # its document's only unsettled write
+        elif isinstance(earlier, list):
+            ticket.queue = earlier
+            earlier.append(ticket)
+        else:  # a second unsettled write of the document: from now on, a list
+            queue = [earlier, ticket]
+            earlier.queue = ticket.queue = order[key] = queue
+        return ticket, key
 
     def _queue(
-        self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None
+        self, action: Action, ticket: Ticket, key: tuple[Any, Any] | None,
+        future: asyncio.Future[dict[str, Any]] | None = None,
     ) -> asyncio.Future[dict[str, Any]]:
-        loop = self._loop
-        if loop is None:  # not started: no lane runs, but the caller may still wait
-            loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        if future is None:
+            loop = self._loop
+            if loop is None:  # not started: no lane runs, but the caller may still wait
+                loop = asyncio.get_running_loop()
+            future = loop.create_future()
         lanes = self._lanes
         lane = lanes[hash(key) % len(lanes)] if len(lanes) > 1 else lanes[0]
         lane.items.append((action, future, ticket))
@@ -260,7 +295,7 @@ class BulkWriter:
         return future
 
     async def _until_done(
-        self, action: Action, ticket: _Ticket, key: tuple[Any, Any] | None, failure: _Retry
+        self, action: Action, ticket: Ticket, key: tuple[Any, Any] | None, failure: _Retry
     ) -> dict[str, Any]:
         attempt = 0
         while True:
@@ -293,7 +328,7 @@ class BulkWriter:
                     failure.reason, where, attempt, delay)
         await asyncio.sleep(delay)
 
-    def _settle(self, key: tuple[Any, Any] | None, ticket: _Ticket) -> None:
+    def _settle(self, key: tuple[Any, Any] | None, ticket: Ticket) -> None:
         ticket.failed = False
         queue = ticket.queue
         if queue is not None:
@@ -555,7 +590,7 @@ def _may_go(item: _Item) -> bool:
 def _resolve(
     future: asyncio.Future[dict[str, Any]],
     action: Action,
-    ticket: _Ticket,
+    ticket: Ticket,
     op_type: str,
     item: dict[str, Any],
     stats: Stats,

@@ -10,7 +10,9 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-from esupdater.bulk import Action, BulkSink
+from esupdater import actions
+from esupdater.actions import Action
+from esupdater.bulk import BulkSink
 from esupdater.change import Change
 from esupdater.errors import UnawaitedCallError
 
@@ -61,30 +63,23 @@ class Context:
         self, *, index: str, id: str, doc: Mapping[str, Any], version: int | None = None,
         **meta: Any,
     ) -> Result:
-        """Create or replace the whole document.
+        """Create or replace the whole document (esupdater.actions.index).
 
         With `version` (usually `change.version`) the write is external-versioned: one older
         than the stored document is not applied and returns the item with `"result":
         "stale"` instead of raising.
         """
-        return self._write("index", _versioned(
-            {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}, version
-        ))
+        return self._write(
+            "index", actions.index(index=index, id=id, doc=doc, version=version, **meta)
+        )
 
     def upsert(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into the document, creating it when missing (doc_as_upsert)."""
-        _refuse_version("upsert", meta)
-        return self._write("upsert", {
-            "_op_type": "update", "_index": index, "_id": id, "doc": doc, "doc_as_upsert": True,
-            **meta,
-        })
+        return self._write("upsert", actions.upsert(index=index, id=id, doc=doc, **meta))
 
     def update(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into an existing document; a missing one is an error."""
-        _refuse_version("update", meta)
-        return self._write(
-            "update", {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
-        )
+        return self._write("update", actions.update(index=index, id=id, doc=doc, **meta))
 
     def delete(
         self, *, index: str, id: str, version: int | None = None, **meta: Any
@@ -93,9 +88,11 @@ class Context:
 
         `version` as for `index`: a delete older than the stored document is not applied.
         """
-        return self._write("delete", _versioned(
-            {"_op_type": "delete", "_index": index, "_id": id, **meta}, version
-        ))
+        return self._write("delete", actions.delete(index=index, id=id, version=version, **meta))
+
+    def write(self, action: Action) -> Result:
+        """One bulk action as it is (helpers' format, e.g. built by esupdater.actions)."""
+        return self._write(str(action.get("_op_type", "index")), action)
 
     def bulk(self, actions: Iterable[Action]) -> Coroutine[Any, Any, list[dict[str, Any]]]:
         """Several raw bulk actions (helpers' format: `_op_type`, `_index`, `_id`, ...).
@@ -163,17 +160,3 @@ class Context:
                 raise result
         return [r for r in results if not isinstance(r, BaseException)]
 
-
-def _versioned(action: Action, version: int | None) -> Action:
-    if version is not None:
-        action["version"] = version
-        action.setdefault("version_type", "external")
-    return action
-
-
-def _refuse_version(what: str, meta: Mapping[str, Any]) -> None:
-    if "version" in meta or "version_type" in meta:
-        raise TypeError(
-            f"ctx.{what} cannot be versioned (Elasticsearch's update API refuses external "
-            "versions): send the whole row with ctx.index(..., version=change.version)"
-        )

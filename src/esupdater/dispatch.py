@@ -3,7 +3,8 @@
 At most `max_in_flight` jobs are admitted at once; `submit` waits while the pool is full, which
 is what pauses fetching under load. Jobs with the same key (a document) run one after another in
 submission order; different keys run concurrently. Each job is one task, chained to its key's
-previous task, so the slot is taken at submit time and chaining never needs a free slot.
+previous task, so the slot is taken at submit time and chaining never needs a free slot. Work
+that needs no task (a mapped row) holds its place with a future instead (`take`, `place`).
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ class KeyedDispatcher:
         # A counting semaphore, inlined: asyncio.Semaphore costs a third of submit's time.
         self._free = max_in_flight
         self._queue: deque[asyncio.Future[None]] = deque()  # submitters waiting for a slot
-        self._tasks: set[asyncio.Task[None]] = set()  # strong refs: the loop keeps only weak ones
-        self._tails: dict[Hashable, asyncio.Task[None]] = {}  # last admitted job per key
-        self._groups: dict[Hashable, set[asyncio.Task[None]]] = {}  # jobs in flight per group
+        self._tasks: set[asyncio.Future[None]] = set()  # strong refs: the loop keeps only weak ones
+        self._tails: dict[Hashable, asyncio.Future[None]] = {}  # last admitted job per key
+        self._groups: dict[Hashable, set[asyncio.Future[None]]] = {}  # jobs in flight per group
         self._drainers: dict[Hashable | None, list[asyncio.Future[None]]] = {}
         # The jobs each unfinished job comes after (its key's previous, and `after`'s). A job
         # cancelled before it ran never waited for them, so its successors look through it;
         # the entry is kept until those are done too (rare: only after a cancel).
-        self._predecessors: dict[asyncio.Task[None], tuple[asyncio.Task[None], ...]] = {}
-        self._barriers: dict[tuple[Hashable, ...], asyncio.Task[None]] = {}  # unfinished, per scope
+        self._predecessors: dict[asyncio.Future[None], tuple[asyncio.Future[None], ...]] = {}
+        # Unfinished barriers, per scope.
+        self._barriers: dict[tuple[Hashable, ...], asyncio.Future[None]] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -112,11 +114,91 @@ class KeyedDispatcher:
         """`submit` without waiting: the job's future if a slot is free now (and nobody
         waits for one), else None and nothing is admitted. The feeder's path for each row:
         no coroutine per submission."""
+        if not self.take_nowait():
+            return None
+        return self._start(key, job, group, after, barrier)
+
+    def take_nowait(self) -> bool:
+        """Hold a slot if one is free now (and nobody waits for one): then `place` or
+        `start` must use it."""
         if self._closed:
             raise RuntimeError("KeyedDispatcher is closed")
         if not self._free or self._queue:
-            return None
+            return False
         self._free -= 1
+        return True
+
+    async def take(self, admit: Callable[[], bool] | None = None) -> bool:
+        """Wait for a slot and hold it, first come first served; False (and no slot held)
+        if `admit`, asked after the wait, says no."""
+        if self.take_nowait():
+            return True
+        if self._closed:
+            raise RuntimeError("KeyedDispatcher is closed")
+        await self._admission()
+        if admit is not None and not admit():
+            self._release()
+            return False
+        return True
+
+    def place(
+        self,
+        key: Hashable,
+        slot: asyncio.Future[None],
+        begin: Callable[[], None],
+        *,
+        group: Hashable | None = None,
+    ) -> bool:
+        """Put work that runs without a task of its own (a mapped row) in a held slot:
+        `slot` stands for it in `key`'s order, and `begin()` is called once the key's earlier
+        jobs are done (at once if there are none). False, with the slot still held (for
+        `start`), while a barrier is unfinished. The owner calls `release` as soon as `slot`
+        is resolved or cancelled (no done callback per slot). Cancel (revocation, stop)
+        cancels `slot`: its owner must then stop the work; `begin` is not called after."""
+        if self._barriers:
+            return False
+        tails = self._tails
+        previous = tails.get(key)
+        tails[key] = slot
+        self._tasks.add(slot)
+        if group is not None:
+            self._join(group, slot)
+        if previous is None:
+            begin()
+        else:
+            self._predecessors[slot] = (previous,)
+            self._begin_after(previous, slot, begin)
+        return True
+
+    def release(
+        self, key: Hashable, group: Hashable | None, slot: asyncio.Future[None]
+    ) -> None:
+        """`slot` (of `place`) is resolved or cancelled: its place in the pool is free."""
+        self._finished(key, group, None, None, slot)
+
+    def _begin_after(
+        self, previous: asyncio.Future[None], slot: asyncio.Future[None],
+        begin: Callable[[], None], *_: object,
+    ) -> None:
+        """`begin` once `previous` and whatever it waits for are done; not if `slot` ended."""
+        if slot.done():
+            return
+        ahead = self._ahead(previous)
+        if ahead is None:
+            begin()
+        else:
+            ahead.add_done_callback(partial(self._begin_after, previous, slot, begin))
+
+    def start(
+        self,
+        key: Hashable,
+        job: Job,
+        *,
+        group: Hashable | None = None,
+        after: Hashable | None = None,
+        barrier: tuple[Hashable, ...] | None = None,
+    ) -> asyncio.Task[None]:
+        """Run `job` in a held slot (`take`), after what it must follow, as `submit` does."""
         return self._start(key, job, group, after, barrier)
 
     def _start(
@@ -130,7 +212,7 @@ class KeyedDispatcher:
         """Make the admitted job's task, chained after what it must follow."""
         tails = self._tails
         previous = tails.get(key)
-        earlier: list[asyncio.Task[None]] | None = None
+        earlier: list[asyncio.Future[None]] | None = None
         if previous is not None or after is not None or barrier is not None or self._barriers:
             earlier = [] if previous is None else [previous]
             if after is not None and (also := tails.get(after)) is not None:
@@ -159,14 +241,17 @@ class KeyedDispatcher:
             self._barriers[barrier] = task
         self._tasks.add(task)
         if group is not None:
-            members = self._groups.get(group)
-            if members is None:
-                members = self._groups[group] = set()
-            members.add(task)
+            self._join(group, task)
         task.add_done_callback(partial(self._finished, key, group, after, barrier))
         return task
 
-    def _scope_tails(self, scope: tuple[Hashable, ...]) -> list[asyncio.Task[None]]:
+    def _join(self, group: Hashable, member: asyncio.Future[None]) -> None:
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = set()
+        members.add(member)
+
+    def _scope_tails(self, scope: tuple[Hashable, ...]) -> list[asyncio.Future[None]]:
         """The last job of every key under `scope`, and its last barrier: waiting for those
         is waiting for every job of the scope (each key's jobs run in order). O(keys in
         flight), paid only by a barrier."""
@@ -180,7 +265,7 @@ class KeyedDispatcher:
             tails.add(prior)
         return list(tails)
 
-    def _barriers_over(self, key: Hashable) -> list[asyncio.Task[None]]:
+    def _barriers_over(self, key: Hashable) -> list[asyncio.Future[None]]:
         """Unfinished barriers whose scope `key` is under (only while a barrier exists)."""
         if not isinstance(key, tuple):
             return []
@@ -213,13 +298,13 @@ class KeyedDispatcher:
                 self._free -= 1
                 waiter.set_result(None)
 
-    async def _run(self, earlier: tuple[asyncio.Task[None], ...], job: Job) -> None:
+    async def _run(self, earlier: tuple[asyncio.Future[None], ...], job: Job) -> None:
         for previous in earlier:
             if self._ahead(previous) is not None:
                 await self._after(previous)
         await job()
 
-    def _ahead(self, previous: asyncio.Task[None]) -> asyncio.Task[None] | None:
+    def _ahead(self, previous: asyncio.Future[None]) -> asyncio.Future[None] | None:
         """The first unfinished job this one must still wait for, if any: `previous`, or,
         through finished jobs that were cancelled before they ran, one of theirs."""
         pending = [previous]
@@ -230,7 +315,7 @@ class KeyedDispatcher:
             pending.extend(self._predecessors.get(job, ()))
         return None
 
-    async def _after(self, previous: asyncio.Task[None]) -> None:
+    async def _after(self, previous: asyncio.Future[None]) -> None:
         """Wait until the key's earlier jobs are done, ignoring their outcome.
 
         Awaiting the task itself would propagate our cancellation into it, and giving up
@@ -255,7 +340,7 @@ class KeyedDispatcher:
         group: Hashable | None,
         after: Hashable | None,
         barrier: tuple[Hashable, ...] | None,
-        task: asyncio.Task[None],
+        task: asyncio.Future[None],
     ) -> None:
         # _release, inlined: this runs once per job.
         self._free += 1
@@ -285,7 +370,7 @@ class KeyedDispatcher:
         if not tasks:
             self._wake_drainers(None)
 
-    def _forget_when_settled(self, task: asyncio.Task[None], keys: _Keys, *_: object) -> None:
+    def _forget_when_settled(self, task: asyncio.Future[None], keys: _Keys, *_: object) -> None:
         """Drop a cancelled job's bookkeeping once nothing it came after is unfinished: until
         then its successors must see through it (and bookkeeping stays bounded after)."""
         ahead = self._ahead(task)
@@ -296,7 +381,7 @@ class KeyedDispatcher:
 
     def _forget(
         self,
-        task: asyncio.Task[None],
+        task: asyncio.Future[None],
         key: Hashable,
         after: Hashable | None,
         barrier: tuple[Hashable, ...] | None,

@@ -7,18 +7,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
 from aiokafka.structs import TopicPartition
 
 from esupdater.backoff import Backoff, retry
+from esupdater.bulk import BulkWriter
 from esupdater.change import Change, Position
 from esupdater.deadletter import Failure, PartitionGate, SetAside, Unapplied
 from esupdater.decoding import DecodeError, Decoder
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.handling import HandlerRunner, error_class
+from esupdater.mapped_rows import MappedRow, MappedRows
 from esupdater.offsets import OffsetTracker, PartitionOffsets
 from esupdater.routing import Registry, Route
 from esupdater.stats import Stats
@@ -50,6 +52,15 @@ class Feeder:
     offsets: OffsetTracker[TopicPartition]
     backoff: Backoff
     gate: PartitionGate
+    #: The bulk writer behind `runner`: given, rows whose one route is a mapper go straight
+    #: into it, with no task per row (esupdater.mapped_rows).
+    writer: BulkWriter | None = None
+    _mapped_rows: MappedRows | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.writer is not None:
+            self._mapped_rows = MappedRows(self.writer, self.dispatcher, self.stats,
+                                           self._mapped_again)
 
     async def feed(
         self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit,
@@ -82,6 +93,9 @@ class Feeder:
         # The partition's tracker, the same while `admit` says yes: a revocation moves the
         # partition to a new generation before it is forgotten.
         partition = self.offsets.partition(tp)
+        mapped = self._mapped_rows
+        take_nowait = dispatcher.take_nowait
+        loop = asyncio.get_running_loop()  # once per batch: each lookup costs a getpid
         for record in records:
             if not admit():
                 return False  # revoked while we were feeding: the next owner replays it
@@ -119,17 +133,30 @@ class Feeder:
             partition.track(offset, len(routed), appended_at)
             stats.rows += len(routed)
             for change, routes in routed:
-                job = partial(row, partition, change, routes, value)
                 if change.is_ddl:
                     # A barrier: after every earlier change of its table, before every later.
                     submitted = await dispatcher.submit(
-                        change.key, job, group=tp, barrier=(change.database, change.table),
-                        admit=admit,
+                        change.key, partial(row, partition, change, routes, value), group=tp,
+                        barrier=(change.database, change.table), admit=admit,
                     )
                 else:
                     # A new primary key: the job also comes after (and before) the old key's.
                     key = change.key
                     after = None if change.old_pk is None else change.old_key
+                    if (
+                        mapped is not None and after is None and len(routes) == 1
+                        and (mapper := routes[0].mapper) is not None
+                    ):
+                        # A mapped row: no task, no job (see _map).
+                        if not take_nowait() and not await dispatcher.take(admit):
+                            return False
+                        if not mapped.start(loop, key, tp, partition, change, routes[0], mapper,
+                                            value):
+                            # After a DDL barrier: a task, as for a handler.
+                            dispatcher.start(key, partial(row, partition, change, routes, value),
+                                             group=tp)
+                        continue
+                    job = partial(row, partition, change, routes, value)
                     submitted = submit_nowait(key, job, group=tp, after=after)
                     if submitted is None:  # the pool is full: wait for a slot
                         submitted = await dispatcher.submit(key, job, group=tp, after=after,
@@ -140,19 +167,31 @@ class Feeder:
                 fed(partition.pending)
         return True
 
+    async def _mapped_again(self, row: MappedRow, failed: Exception) -> None:
+        """A mapped row whose first attempt failed: on through its handler (as_handler)."""
+        await self._row(row.partition, row.change, (row.route,), row.value, failed,
+                        row.started)
+
     async def _row(
         self,
         partition: PartitionOffsets,
         change: Change,
         routes: tuple[Route, ...],
         value: bytes | None,
+        failed: Exception | None = None,
+        started: float = 0.0,
     ) -> None:
         """One row's handlers, then its offset counts as done. The first run inline (the
-        usual case, one coroutine per row); whatever escapes it goes to `_observed`."""
+        usual case, one coroutine per row); whatever escapes it goes to `_observed`.
+        `failed`: how the first attempt of its one route, made elsewhere at `started` (a
+        mapped row's), failed."""
         if partition.detached:
             return  # its partition was revoked before the row started: the next owner's
         try:
-            await self.runner.run(change, routes, value)
+            if failed is None:
+                await self.runner.run(change, routes, value)
+            else:
+                await self.runner.run_failed(change, routes[0], value, failed, started)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is None or task.cancelling():

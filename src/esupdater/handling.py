@@ -77,6 +77,23 @@ class HandlerRunner:
             finally:
                 sensor.handler_done(route, change, clock() - started, outcome)
 
+    async def run_failed(
+        self, change: Change, route: Route, value: bytes | None, failed: Exception,
+        started: float,
+    ) -> None:
+        """`run` for one route whose first attempt, made elsewhere at `started` (a mapper's,
+        esupdater.feeding), failed with `failed`."""
+        outcome = "failed"
+        try:
+            await self._run_one(change, route, value, failed)
+            outcome = "done"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.stats.sensor.handler_done(route, change, time.perf_counter() - started,
+                                           outcome)
+
     async def _run_one(
         self, change: Change, route: Route, value: bytes | None, failed: Exception | None = None
     ) -> None:

@@ -6,6 +6,7 @@ await. Lookups are memoised per (database, table, type) because they run once pe
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import inspect
@@ -22,10 +23,12 @@ from typing import Any, TypeVar
 
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change
 from esupdater.errors import ConfigError
+from esupdater.mapping import Mapper, as_handler
 
 #: A handler: `async def handler(change, ctx)`; ctx is the Context (kept `Any` to avoid a cycle).
 Handler = Callable[[Change, Any], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
+M = TypeVar("M", bound=Mapper)
 
 #: Shorthand in `types=` for every DDL type.
 DDL_WILDCARD = "DDL"
@@ -61,6 +64,8 @@ class Route:
     handler: Handler
     _database: re.Pattern[str]
     _table: re.Pattern[str]
+    #: The `@maps` function behind `handler` (its `as_handler`), else None.
+    mapper: Mapper | None = None
 
     @property
     def name(self) -> str:
@@ -105,7 +110,27 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     where = f"@on({pattern!r}) on {handler_name(handler)}"
     if not inspect.iscoroutinefunction(handler):
         raise RouteError(f"{where}: a handler must be an `async def` function")
-    _check_signature(handler, where)
+    _check_signature(handler, where, "two arguments, (change, ctx)", 2)
+    return _route(pattern, handler, types, where)
+
+
+def make_mapper_route(
+    pattern: str, mapper: Mapper, types: Iterable[str] | None = None
+) -> Route:
+    """Validate one `@maps` registration: a plain function of the change."""
+    name = handler_name(mapper)
+    where = f"@maps({pattern!r}) on {name}"
+    if inspect.iscoroutinefunction(mapper) or not callable(mapper):
+        raise RouteError(
+            f"{where}: a mapper is a plain `def` returning actions; register an `async def` "
+            "with @on instead"
+        )
+    _check_signature(mapper, where, "one argument, (change)", 1)
+    route = _route(pattern, as_handler(mapper), types, where)
+    return dataclasses.replace(route, mapper=mapper)
+
+
+def _route(pattern: str, handler: Handler, types: Iterable[str] | None, where: str) -> Route:
     parts = pattern.split(".") if isinstance(pattern, str) else []
     if len(parts) != 2 or not all(parts):
         raise RouteError(
@@ -117,17 +142,19 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     )
 
 
-def _check_signature(handler: Handler, where: str) -> None:
-    """Refused at registration, not at the first row: a handler is called as (change, ctx)."""
+def _check_signature(function: Callable[..., Any], where: str, wanted: str, count: int) -> None:
+    """Refused at registration, not at the first row: a handler is called as (change, ctx),
+    a mapper as (change)."""
     try:
-        signature = inspect.signature(handler)
+        signature = inspect.signature(function)
     except (TypeError, ValueError):  # a builtin or C callable: nothing to check
         return
     try:
-        signature.bind(None, None)
+        signature.bind(*[None] * count)
     except TypeError:
+        what = "handler" if count == 2 else "mapper"
         raise RouteError(
-            f"{where}: a handler takes two arguments, (change, ctx); this one takes "
+            f"{where}: a {what} takes {wanted}; this one takes "
             f"({', '.join(signature.parameters)})"
         ) from None
 
@@ -148,6 +175,23 @@ class Registry:
         self._routes.append(route)
         self._cache.clear()
         return route
+
+    def add_mapper(
+        self, pattern: str, mapper: Mapper, *, types: Iterable[str] | None = None
+    ) -> Route:
+        route = make_mapper_route(pattern, mapper, types)
+        self._routes.append(route)
+        self._cache.clear()
+        return route
+
+    def maps(self, pattern: str, *, types: Iterable[str] | None = None) -> Callable[[M], M]:
+        """Decorator registering a mapper into this registry; returns it unchanged."""
+
+        def register(mapper: M) -> M:
+            self.add_mapper(pattern, mapper, types=types)
+            return mapper
+
+        return register
 
     def on(self, pattern: str, *, types: Iterable[str] | None = None) -> Callable[[H], H]:
         """Decorator registering into this registry; returns the function unchanged."""
@@ -197,6 +241,12 @@ _active = default_registry
 def on(pattern: str, *, types: Iterable[str] | None = None) -> Callable[[H], H]:
     """Register an `async def handler(change, ctx)` for `database.table` (globs allowed)."""
     return _active.on(pattern, types=types)
+
+
+def maps(pattern: str, *, types: Iterable[str] | None = None) -> Callable[[M], M]:
+    """Register a mapper, `def mapper(change) -> action(s) | None`, for `database.table`
+    (globs allowed): the fast way to write rows as they are (esupdater.mapping)."""
+    return _active.maps(pattern, types=types)
 
 
 def load_handlers(

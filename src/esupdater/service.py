@@ -74,7 +74,7 @@ async def _serve(settings: Settings, registry: Registry, stop: asyncio.Event) ->
         feeder = Feeder(
             parts.decoder, registry, parts.runner(gate=pauses), parts.set_aside, parts.stats,
             dispatcher=KeyedDispatcher(settings.dispatch.max_rows_in_flight),
-            offsets=OffsetTracker(), backoff=parts.backoff, gate=pauses,
+            offsets=OffsetTracker(), backoff=parts.backoff, gate=pauses, writer=parts.writer,
         )
         loop = ConsumeLoop(
             consumer, list(settings.kafka.topics), feeder, pauses, parts.stats,

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from esupdater.bulk import Action
+from esupdater.actions import Action
 from esupdater.canal import CanalDecoder
 from esupdater.change import ROW_TYPES, Change, Position, previous_pk
 from esupdater.clients import ExactJsonSerializer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from esupdater.actions import Action
 from esupdater.backfill import BackfillSink
-from esupdater.bulk import Action
 from esupdater.change import BACKFILL_VERSION
 from esupdater.testing import make_change
 

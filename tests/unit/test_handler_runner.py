@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from elasticsearch import AuthenticationException, ConnectionTimeout, NotFoundError
 
+from esupdater.actions import Action
 from esupdater.backoff import Backoff
-from esupdater.bulk import Action
 from esupdater.change import Change, Position
 from esupdater.context import Context
 from esupdater.deadletter import Failure, SetAside

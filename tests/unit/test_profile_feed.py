@@ -11,18 +11,19 @@ from tools import profile_feed
 
 
 @pytest.mark.parametrize("shape", [1, 10])
-def test_esupdater_and_the_batch_loop_each_write_every_row_once(
+def test_esupdater_its_mapper_path_and_the_batch_loop_each_write_every_row_once(
     shape: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = 3_000
     values = list(messages(statements(rows, partitions=4), shape))
     uvloop.run(profile_feed.run(values, rows))  # asserts every row done
+    uvloop.run(profile_feed.run(values, rows, mapped=True))  # the same with a mapper
     uvloop.run(profile_feed.run_batch_loop(values, rows))  # asserts every action sent
     lines = capsys.readouterr().out.splitlines()
     written = [line for line in lines if "bulk requests" in line]
-    assert len(written) == 2
+    assert len(written) == 3
     # D sends one async_bulk per fetched batch, cut at the helper's 500 actions.
-    assert written[1].split()[0] == str(-(-rows // 500))
+    assert written[2].split()[0] == str(-(-rows // 500))
 
 
 def test_a_count_subtracts_the_setup_and_reports_per_row(
@@ -31,12 +32,13 @@ def test_a_count_subtracts_the_setup_and_reports_per_row(
     from tools import count_instructions
 
     counts = {("esupdater", "setup"): 1_000, ("esupdater", "path"): 41_000,
-              ("D", "path"): 21_000}
+              ("mapper", "path"): 31_000, ("D", "path"): 21_000}
     monkeypatch.setattr(count_instructions, "instructions",
                         lambda rows, shape, contender, stage: counts[(contender, stage)])
     monkeypatch.setattr(count_instructions.shutil, "which", lambda name: "/bin/valgrind")
     monkeypatch.setattr("sys.argv", ["count", "--rows", "10", "--shapes", "1"])
     count_instructions.main()
     assert capsys.readouterr().out.strip() == (
-        "1-row messages: esupdater 4,000, D 2,000 instructions per row; esupdater / D 2.00"
+        "1-row messages: esupdater 4,000 (handler), 3,000 (mapper), D 2,000 instructions per "
+        "row; esupdater / D 2.00 (handler), 1.50 (mapper)"
     )
