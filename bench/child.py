@@ -4,7 +4,10 @@ Runs `esupdater.service.serve()` in-process with esupdater's default settings (o
 addresses, topic, group and runtime dir set), on uvloop or plain asyncio, with or without the
 orjson serializer, and one handler (index the typed row, delete on DELETE; routed from the
 spec's `route`, shop.users by default) wrapped in a probe that notes the first call, the last
-acknowledgement and, in latency mode, each row's latency.
+acknowledgement and, in latency mode, each row's latency. With the spec's `mapper`, the same
+writes come from a mapper (`Registry.add_mapper`: no task per row) instead; a mapper does not
+see its row acknowledged, so the probe counts the acknowledgements from the sensor the service
+tells of each row done (`Stats.sensor.handler_done`, on both paths).
 The parent ends it through the status file, like `esupdater stop`; on exit it writes its
 figures (and its own peak RSS) to the spec's `result` path.
 """
@@ -24,8 +27,11 @@ from typing import Any
 import uvloop
 
 from bench.lib.stack import peak_rss_mb
-from esupdater import Change, Context, Registry, clients, service
+from esupdater import Change, Context, Registry, actions, clients, service
+from esupdater.actions import Action
 from esupdater.logs import setup_logging
+from esupdater.metrics import FreshnessSensor
+from esupdater.routing import Route
 from esupdater.settings import (
     ElasticsearchSettings,
     KafkaSettings,
@@ -65,6 +71,32 @@ class Probe:
         if self.acks:
             self.ack_times.extend((float(change.pk), time.time()))
 
+    def map(self, change: Change) -> Action:
+        """The mapper: the same writes as `handle`, returned instead of awaited."""
+        if self.first is None:
+            self.first = time.monotonic()
+        if change.is_delete:
+            return actions.delete(index=self.index, id=change.pk)
+        return actions.index(index=self.index, id=change.pk, doc=change.row)
+
+    def sensor(self) -> type[FreshnessSensor]:
+        """The service's sensor (it installs its own in `serve`), also noting each row's
+        acknowledgement: what `handle` notes after its awaited write, for a mapper."""
+        probe = self
+
+        class AckSensor(FreshnessSensor):
+            __slots__ = ()
+
+            def handler_done(
+                self, route: Route, change: Change, seconds: float, outcome: str
+            ) -> None:
+                super().handler_done(route, change, seconds, outcome)
+                if outcome == "done":
+                    probe.last = time.monotonic()
+                    probe.rows += 1
+
+        return AckSensor
+
     def figures(self) -> dict[str, Any]:
         return {
             "first_row_at": self.first,
@@ -95,7 +127,15 @@ def main(spec_path: str) -> None:
         setattr(service, "make_elasticsearch", partial(clients.make_elasticsearch, orjson=False))  # noqa: B010
     probe = Probe(spec["index"], spec["latency"], spec.get("acks", False))
     registry = Registry()
-    registry.add(spec.get("route", "shop.users"), probe.handle)
+    route = spec.get("route", "shop.users")
+    if spec.get("mapper", False):
+        if probe.latency or probe.acks:
+            raise ValueError("latency and acks modes need the handler: a mapper cannot "
+                             "time its row's acknowledgement")
+        setattr(service, "FreshnessSensor", probe.sensor())  # noqa: B010
+        registry.add_mapper(route, probe.map)
+    else:
+        registry.add(route, probe.handle)
     started = time.monotonic()
     runner = uvloop.run if spec["loop"] == "uvloop" else asyncio.run
     runner(service.serve(settings_for(spec), registry))

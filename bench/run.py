@@ -2,13 +2,15 @@
 
 Steps: produce the dataset twice (1-row and 10-row Canal messages, same rows) as a backlog;
 ceiling A (raw consume) per topic; ceiling B (raw bulk); baseline C (per-message, the seed's
-shape: bench/lib/baseline.py); then per message shape `--pairs` back-to-back pairs of
-esupdater (default configuration) and contender D (the plain batch loop a user would write:
+shape: bench/lib/baseline.py); then per message shape `--pairs` back-to-back sets of
+esupdater (default configuration, an `async def` handler), esupdater with a mapper (the same
+writes, no task per row) and contender D (the plain batch loop a user would write:
 bench/lib/batch_loop.py), each with its own process, group and index on the same backlog:
-rows/s, own and Elasticsearch CPU per 1,000 rows, bulk requests, peak RSS, compared pair by
-pair; esupdater's other variants (event loop x serializer); two esupdater processes in one
-group (scale-out); latency at half the best rate; freshness through MariaDB and Canal; backfill
-and verify of a MariaDB table; optionally a py-spy profile of the default 10-row run.
+rows/s, own and Elasticsearch CPU per 1,000 rows, bulk requests, peak RSS, each esupdater
+compared with D pair by pair; esupdater's other variants (event loop x serializer); two
+esupdater processes in one group (scale-out); latency at half the best rate; freshness
+through MariaDB and Canal; backfill and verify of a MariaDB table; optionally a py-spy
+profile of the default 10-row run.
 Every topic, index, consumer group and table it creates carries the run id; topics, indices
 and tables are deleted at the end (groups expire with Kafka's offsets retention), except a
 freshness table whose rows did not all arrive (dropping it could stop Canal).
@@ -107,7 +109,8 @@ class Bench:
 
     async def run(self, variant: Variant, part: str, pair: int | None = None) -> RunResult:
         """One contender over the backlog of its message shape, its documents checked."""
-        kind = "d" if variant.program == BATCH else f"{variant.loop}-{int(variant.orjson)}"
+        kind = ("d" if variant.program == BATCH else f"{variant.loop}-{int(variant.orjson)}"
+                + ("-map" if variant.mapper else ""))
         index = await self.stack.create_index(
             f"e2e-{part}-{variant.rows_per_message}-{kind}-x{variant.processes}"
             + ("" if pair is None else f"-pair{pair}"),
@@ -125,11 +128,14 @@ class Bench:
         return run
 
     async def pairs(self) -> None:
-        """esupdater and D back to back, the order alternating so drift favours neither."""
+        """esupdater's handler, esupdater's mapper and D back to back (one "pair"), the order
+        rotating and reversed every other pair so that over the pairs each comes first, in
+        the middle and last, early and late: drift favours none."""
         for shape in SHAPES:
             for pair in range(self.args.pairs):
-                both = [Variant(shape), Variant(shape, program=BATCH)]
-                for variant in both if pair % 2 == 0 else reversed(both):
+                order = _rotated([Variant(shape), Variant(shape, mapper=True),
+                                  Variant(shape, program=BATCH)], pair)
+                for variant in order:
                     await self.run(variant, PAIRS, pair)
 
     async def check_documents(self, index: str, what: str, run: RunResult | None = None) -> None:
@@ -141,6 +147,15 @@ class Bench:
             self.results.notes.append(f"{what}: {count:,} documents in the index, "
                                       f"expected {self.census.live_documents:,}")
         await self.stack.drop_index(index)
+
+
+def _rotated(contenders: list[Variant], pair: int) -> list[Variant]:
+    """The contenders' order for pair `pair`: rotated every two pairs, reversed every other
+    pair. With three, over six pairs: ABC, CBA, BCA, ACB, CAB, BAC (each twice in each place,
+    each before each other one three times)."""
+    turn = (pair // 2) % len(contenders)
+    order = contenders[turn:] + contenders[:turn]
+    return order if pair % 2 == 0 else order[::-1]
 
 
 async def main(args: argparse.Namespace) -> Results:
@@ -202,6 +217,10 @@ async def main(args: argparse.Namespace) -> Results:
 
 def _notes(args: argparse.Namespace) -> list[str]:
     return [
+        "pairs: esupdater with an `async def` handler (esupdater_vs_D), esupdater with a "
+        "mapper doing the same writes (Registry.add_mapper, no task per row: "
+        "esupdater_mapper_vs_D) and D, back to back in an order rotating from pair to pair; "
+        "each esupdater's ratios are to the D run of its pair.",
         "rows/s of esupdater and D: backlog rows / (first handled row -> group's committed "
         "offsets at the end offsets); includes up to one commit interval (esupdater: "
         "commit_interval_ms, 1 s; D commits after each batch); process start and group join "
@@ -209,7 +228,7 @@ def _notes(args: argparse.Namespace) -> list[str]:
         "CPU s/1k rows: utime+stime from /proc/<pid>/stat over that same window, sampled "
         "every 50 ms; the contender's own process(es), and Elasticsearch's JVM (the stack is "
         "shared: anything else sent to Elasticsearch meanwhile is counted too; hence medians "
-        f"of {args.pairs} esupdater/D pairs, run back to back in alternating order). B: the "
+        f"of {args.pairs} pairs, run back to back in rotating order). B: the "
         "benchmark's own process while it bulk-writes (the documents prebuilt).",
         "other CPU: the share of the machine's cores over the window used by neither the "
         "contender, Elasticsearch nor the Kafka broker (this benchmark's own polling, and any "
@@ -248,7 +267,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="a 1,000,000-row backlog")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=3,
-                        help="esupdater/D pairs per message shape; ratios are their medians")
+                        help="esupdater (handler), esupdater (mapper) and D sets per message "
+                        "shape; ratios to D are their medians")
     parser.add_argument("--matrix", choices=("default", "core", "full"), default="core",
                         help="esupdater's variants besides the default: none (default), one "
                         "factor at a time on 10-row msgs (core), all mixes (full)")

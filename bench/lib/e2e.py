@@ -54,6 +54,9 @@ class Variant:
     orjson: bool = True
     program: str = ESUPDATER  # or BATCH: contender D
     processes: int = 1
+    #: esupdater with a mapper (`Registry.add_mapper`, no task per row) instead of an
+    #: `async def` handler; the same writes (bench/child.py).
+    mapper: bool = False
 
     @property
     def label(self) -> str:
@@ -61,12 +64,15 @@ class Variant:
             return f"D  batch loop, {self.rows_per_message}-row msgs"
         serializer = "orjson" if self.orjson else "json"
         more = f", {self.processes} processes" if self.processes > 1 else ""
-        return f"esupdater {self.rows_per_message}-row msgs, {self.loop}, {serializer}{more}"
+        mapper = ", mapper" if self.mapper else ""
+        return (f"esupdater {self.rows_per_message}-row msgs, {self.loop}, {serializer}{more}"
+                f"{mapper}")
 
     @property
     def is_default(self) -> bool:
+        """esupdater's default configuration, with an `async def` handler."""
         return (self.program == ESUPDATER and self.loop == "uvloop" and self.orjson
-                and self.processes == 1)
+                and self.processes == 1 and not self.mapper)
 
 
 @dataclass
@@ -146,6 +152,7 @@ class RunResult:
             "loop": self.variant.loop,
             "orjson": self.variant.orjson,
             "processes": self.variant.processes,
+            "mapper": self.variant.mapper,
             "part": self.part,
             "pair": self.pair,
             "rows": self.rows,
@@ -222,6 +229,9 @@ async def run_esupdater(
     whose CPU is sampled with the children's. `group`: a consumer group prepared by the
     caller (else a new one). `rows`: the backlog's rows, which the rates count (else the rows
     the handlers saw)."""
+    if variant.mapper and (latency or acks):
+        raise ValueError("latency and acks modes time each row in the handler: they run "
+                         "esupdater with a handler, not a mapper")
     group = group or stack.name(f"group-{index.rsplit('-', 1)[-1]}-{time.monotonic_ns()}")
     spawned = time.monotonic()
     options = {"route": route, "latency": latency, "acks": acks}
@@ -326,6 +336,7 @@ async def _spawn(
         "runtime_dir": str(work / "runtime"),
         "loop": variant.loop,
         "orjson": variant.orjson,
+        "mapper": variant.mapper,
         "result": str(work / "result.json"),
         **options,
     }

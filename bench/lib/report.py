@@ -1,9 +1,11 @@
 """The benchmark's tables (rich) and `bench/results/results.json`, targets marked met or missed.
 
 Every comparison is a ratio of figures taken in the same run. esupdater against contender D
-(bench/lib/batch_loop.py) is run as `pairs` back-to-back pairs per message shape; each ratio
-is computed per pair and the median is the figure (the stack is shared and noisy, and
-Elasticsearch's CPU most of all).
+(bench/lib/batch_loop.py) is run as `pairs` back-to-back pairs per message shape, each pair
+with esupdater twice: an `async def` handler (`esupdater_vs_D`, the targets) and a mapper
+doing the same writes (`esupdater_mapper_vs_D`, the same targets); each ratio is computed per
+pair and the median is the figure (the stack is shared and noisy, and Elasticsearch's CPU
+most of all).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ RATIOS = (
 )
 
 
+#: The pairs' contenders: (name in results.json, program, with a mapper).
+CONTENDERS = (("esupdater", ESUPDATER, False), ("esupdater_mapper", ESUPDATER, True),
+              ("D", BATCH, False))
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -93,9 +100,10 @@ class Results:
     def shapes(self) -> list[int]:
         return sorted({run.variant.rows_per_message for run in self.runs if run.part == PAIRS})
 
-    def paired(self, shape: int, program: str) -> list[RunResult]:
+    def paired(self, shape: int, program: str, mapper: bool = False) -> list[RunResult]:
+        """The pairs' runs of a program (esupdater: with a handler, or with a mapper)."""
         found = [r for r in self.runs if r.part == PAIRS and r.variant.program == program
-                 and r.variant.rows_per_message == shape]
+                 and r.variant.rows_per_message == shape and r.variant.mapper == mapper]
         return sorted(found, key=lambda r: r.pair or 0)
 
     def defaults(self, shape: int) -> list[RunResult]:
@@ -111,9 +119,9 @@ class Results:
         a = self.consume[rows_per_message].rows_per_second
         return min(a, self.bulk.rows_per_second) if self.bulk else a
 
-    def ratios(self, shape: int, spec: RatioSpec) -> list[float]:
-        """esupdater's figure over D's, per pair."""
-        mine = {r.pair: r for r in self.paired(shape, ESUPDATER)}
+    def ratios(self, shape: int, spec: RatioSpec, mapper: bool = False) -> list[float]:
+        """esupdater's figure (with a handler, or with a mapper) over D's, per pair."""
+        mine = {r.pair: r for r in self.paired(shape, ESUPDATER, mapper)}
         found = []
         for theirs in self.paired(shape, BATCH):
             ours = mine.get(theirs.pair)
@@ -183,20 +191,22 @@ class Results:
     # -- results.json ---------------------------------------------------------------------
 
     def contenders(self) -> dict[str, Any]:
-        """Per message shape, the median figures of esupdater (default) and D over the pairs."""
+        """Per message shape, the median figures of esupdater (default, with a handler),
+        esupdater with a mapper and D over the pairs."""
         found: dict[str, Any] = {}
         for shape in self.shapes():
-            for name, program in (("esupdater", ESUPDATER), ("D", BATCH)):
-                runs = self.paired(shape, program)
+            for name, program, mapper in CONTENDERS:
+                runs = self.paired(shape, program, mapper)
                 if runs:
                     found[f"{name}_{shape}_row_msgs"] = _medians(runs)
         return found
 
-    def ratio_figures(self) -> dict[str, Any]:
+    def ratio_figures(self, mapper: bool = False) -> dict[str, Any]:
+        """esupdater (with a handler, or with a mapper) over D, per message shape."""
         found: dict[str, Any] = {}
         for shape in self.shapes():
             for spec in RATIOS:
-                ratios = self.ratios(shape, spec)
+                ratios = self.ratios(shape, spec, mapper)
                 found[f"{spec.key}_{shape}_row_msgs"] = {
                     "median": round(_median(ratios), 3),
                     "per_pair": [round(r, 3) for r in ratios],
@@ -254,6 +264,7 @@ class Results:
             "baseline_C": _rate(self.seed) if self.seed else None,
             "contenders": self.contenders(),
             "esupdater_vs_D": self.ratio_figures(),
+            "esupdater_mapper_vs_D": self.ratio_figures(mapper=True),
             "runs": [
                 {
                     **run.summary(),
@@ -377,8 +388,8 @@ def print_table(results: Results, console: Console | None = None) -> None:
                       _num(results.seed.rows_per_second), "", "", "", "", "", "", "",
                       f"{results.seed.seconds:.2f}", "")
     for shape in results.shapes():
-        for program in (BATCH, ESUPDATER):
-            runs = results.paired(shape, program)
+        for program, mapper in ((BATCH, False), (ESUPDATER, False), (ESUPDATER, True)):
+            runs = results.paired(shape, program, mapper)
             if runs:
                 _add_run_row(table, results, runs)
         for run in results.runs:
@@ -388,6 +399,7 @@ def print_table(results: Results, console: Console | None = None) -> None:
         _add_run_row(table, results, [run], " (scale-out)")
     console.print(table)
     _print_ratios(results, console)
+    _print_ratios(results, console, mapper=True)
     _print_scale_out(results, console)
     if results.latency:
         lat = results.latency
@@ -441,15 +453,20 @@ def _add_run_row(
         f"{figures['seconds']:.2f}", f"{100 * figures['other_cpu_share']:.0f} %")
 
 
-def _print_ratios(results: Results, console: Console) -> None:
+def _print_ratios(results: Results, console: Console, mapper: bool = False) -> None:
+    """esupdater (with a handler, or with a mapper) over D, per pair, against the targets."""
     if not results.shapes():
         return
-    table = Table(title=f"esupdater / D, per pair (median of {results.pairs})")
+    if mapper and not any(results.ratios(shape, RATIOS[0], mapper)
+                          for shape in results.shapes()):
+        return
+    what = "esupdater with a mapper" if mapper else "esupdater"
+    table = Table(title=f"{what} / D, per pair (median of {results.pairs})")
     for column in ("ratio", "msgs", "median", "each pair", "target", "status"):
         table.add_column(column, justify="left" if column in ("ratio", "each pair") else "right")
     for spec in RATIOS:
         for shape in results.shapes():
-            ratios = results.ratios(shape, spec)
+            ratios = results.ratios(shape, spec, mapper)
             if not ratios:
                 continue
             value = _median(ratios)

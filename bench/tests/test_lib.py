@@ -17,6 +17,7 @@ from bench.lib.cpu import Timeline, cpu_seconds, machine_cpu_seconds
 from bench.lib.e2e import BATCH, PAIRS, RunResult, Variant
 from bench.lib.freshness import Tracker
 from bench.lib.report import RATIOS, Results
+from bench.run import _rotated
 from esupdater.canal import flat_message
 
 TYPES = {"id": "int", "k": "varchar(8)", "name": "varchar(8)"}
@@ -97,8 +98,11 @@ def test_the_tracker_polls_the_oldest_unseen_rows_and_measures_from_the_commit()
     assert [round(x, 6) for x in acked] == [50.0, 50.0]
 
 
-def _run(program: str, pair: int, rows_per_second: float, cpu: float) -> RunResult:
-    run = RunResult(Variant(1, program=program), rows=1000, seconds=1000 / rows_per_second,
+def _run(
+    program: str, pair: int, rows_per_second: float, cpu: float, mapper: bool = False
+) -> RunResult:
+    run = RunResult(Variant(1, program=program, mapper=mapper), rows=1000,
+                    seconds=1000 / rows_per_second,
                     ack_seconds=0.0, startup_seconds=0.0, peak_rss_mb=50.0, cpu_seconds=cpu,
                     es_cpu_seconds=1.0)
     run.part, run.pair = PAIRS, pair
@@ -122,3 +126,49 @@ def test_ratios_pair_each_esupdater_run_with_the_d_run_of_its_pair() -> None:
     assert target["met"]
     assert results.default_rate(1) == 2000
     assert math.isnan(results.default_rate(10))
+
+
+def test_the_mapper_runs_have_their_own_ratios_to_the_d_run_of_their_pair() -> None:
+    results = Results(rows=1000, partitions=1, dataset={}, machine={"cores": 2}, pairs=2)
+    results.runs = [
+        _run("esupdater", 0, 2000, 0.2), _run("esupdater", 0, 4000, 0.1, mapper=True),
+        _run(BATCH, 0, 1000, 0.1),
+        _run(BATCH, 1, 2000, 0.1), _run("esupdater", 1, 3000, 0.4, mapper=True),
+        _run("esupdater", 1, 2000, 0.2),
+    ]
+    rate, cpu, _ = RATIOS
+
+    assert results.ratios(1, rate) == [2.0, 1.0]  # the handler's, as before
+    assert results.ratios(1, rate, mapper=True) == [4.0, 1.5]
+    assert [round(r, 6) for r in results.ratios(1, cpu, mapper=True)] == [1.0, 4.0]
+    assert results.default_rate(1) == 2000  # the handler's: the mapper is not the default
+    figures = results.as_dict()
+    assert figures["esupdater_vs_D"]["rows_per_second_1_row_msgs"]["median"] == 1.5
+    mapped = figures["esupdater_mapper_vs_D"]
+    assert mapped["rows_per_second_1_row_msgs"] == {
+        "median": 2.75, "per_pair": [4.0, 1.5], "target": rate.wanted, "met": True}
+    assert mapped["cpu_per_row_1_row_msgs"]["median"] == 2.5
+    assert mapped["cpu_per_row_1_row_msgs"]["met"] is False
+    assert list(figures["contenders"]) == [
+        "esupdater_1_row_msgs", "esupdater_mapper_1_row_msgs", "D_1_row_msgs"]
+    assert figures["contenders"]["esupdater_mapper_1_row_msgs"]["rows_per_second"] == 3500
+    # The targets stay the handler's (the mapper's are marked in esupdater_mapper_vs_D).
+    assert [t["value"] for t in results.targets()
+            if t["target"].startswith("esupdater / D")] == [1.5, 2.0, 1.0]
+
+
+def test_the_pairs_rotate_the_order_of_the_three_contenders() -> None:
+    orders = ["".join(_rotated(list("HMD"), pair)) for pair in range(6)]  # type: ignore[arg-type]
+
+    assert orders == ["HMD", "DMH", "MDH", "HDM", "DHM", "MHD"]
+    for contender in "HMD":  # each twice in each place over six pairs
+        assert sorted(order.index(contender) for order in orders) == [0, 0, 1, 1, 2, 2]
+
+
+def test_the_mapper_variant_is_labelled_and_not_the_default() -> None:
+    handler, mapper = Variant(1), Variant(1, mapper=True)
+
+    assert mapper.label == "esupdater 1-row msgs, uvloop, orjson, mapper"
+    assert handler.label == "esupdater 1-row msgs, uvloop, orjson"
+    assert handler.is_default
+    assert not mapper.is_default
