@@ -259,7 +259,8 @@ def check(settings: SettingsOption = None, show_traceback: TracebackOption = Fal
     table.add_column("types")
     table.add_column("handler")
     for route in default_registry.routes:
-        table.add_row(route.pattern, ", ".join(sorted(route.types)), route.name)
+        kind = " (mapper)" if route.mapper is not None else ""
+        table.add_row(route.pattern, ", ".join(sorted(route.types)), route.name + kind)
     out.print(table)
     if not default_registry.routes:
         err.print(escape(no_handlers_message(config.handlers.package)), highlight=False)

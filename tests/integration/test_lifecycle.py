@@ -172,6 +172,9 @@ async def test_check_prints_the_route_table_and_exits_0(new_service: ServiceFact
     assert "itest_handlers:new_order" in orders
     assert "INSERT" in orders
     assert "UPDATE" not in orders
+    customers = next(line for line in lines if "shop.customers" in line)
+    assert "customer_document (mapper)" in customers
+    assert "(mapper)" not in users
 
 
 async def test_check_exits_2_naming_the_unknown_key_and_the_file(
