@@ -32,24 +32,17 @@ def index(
     With `version` (usually `change.version`) the write is external-versioned: one older than
     the stored document is not applied, and its item says `"result": "stale"`.
     """
-    return _versioned(
-        {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}, version
-    )
+    return index_action(index, id, doc, version, meta)
 
 
 def upsert(*, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Action:
     """Merge `doc` into the document, creating it when missing (doc_as_upsert)."""
-    _refuse_version("upsert", meta)
-    return {
-        "_op_type": "update", "_index": index, "_id": id, "doc": doc, "doc_as_upsert": True,
-        **meta,
-    }
+    return upsert_action(index, id, doc, meta)
 
 
 def update(*, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Action:
     """Merge `doc` into an existing document; a missing one is an error."""
-    _refuse_version("update", meta)
-    return {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
+    return update_action(index, id, doc, meta)
 
 
 def delete(*, index: str, id: str, version: int | None = None, **meta: Any) -> Action:
@@ -57,11 +50,42 @@ def delete(*, index: str, id: str, version: int | None = None, **meta: Any) -> A
 
     `version` as for `index`: a delete older than the stored document is not applied.
     """
+    return delete_action(index, id, version, meta)
+
+
+# The builders with positional arguments and `meta` as a dict: what `Context`'s methods call
+# (one plain call per write on the hot path, no keywords gathered again).
+
+
+def index_action(
+    index: str, id: str, doc: Mapping[str, Any], version: int | None, meta: Mapping[str, Any]
+) -> Action:
+    return _versioned(
+        {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}, version
+    )
+
+
+def upsert_action(index: str, id: str, doc: Mapping[str, Any], meta: Mapping[str, Any]) -> Action:
+    _refuse_version("upsert", meta)
+    return {
+        "_op_type": "update", "_index": index, "_id": id, "doc": doc, "doc_as_upsert": True,
+        **meta,
+    }
+
+
+def update_action(index: str, id: str, doc: Mapping[str, Any], meta: Mapping[str, Any]) -> Action:
+    _refuse_version("update", meta)
+    return {"_op_type": "update", "_index": index, "_id": id, "doc": doc, **meta}
+
+
+def delete_action(
+    index: str, id: str, version: int | None, meta: Mapping[str, Any]
+) -> Action:
     return _versioned({"_op_type": "delete", "_index": index, "_id": id, **meta}, version)
 
 
 def _versioned(action: Action, version: int | None) -> Action:
-    if version is not None:
+    if version is not None:  # the usual write has none: one comparison
         action["version"] = version
         action.setdefault("version_type", "external")
     return action

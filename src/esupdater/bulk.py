@@ -215,14 +215,34 @@ class BulkWriter:
         as they last (the offset is not committed meanwhile); a refused document raises
         BulkItemError.
         """
-        ticket, key = self._ticket(action)
+        # _ticket and done_with, inlined: this runs once per write of a handler.
+        doc_id = action.get("_id")
+        ticket = Ticket(None)
+        if doc_id is None:  # Elasticsearch picks the id: no other write can target it
+            key = None
+        else:
+            key = (action.get("_index"), doc_id)
+            order = self._order
+            earlier = order.get(key)
+            if earlier is None:
+                order[key] = ticket  # its document's only unsettled write
+            elif isinstance(earlier, list):
+                ticket.queue = earlier
+                earlier.append(ticket)
+            else:  # a second unsettled write of the document: from now on, a list
+                queue = [earlier, ticket]
+                earlier.queue = ticket.queue = order[key] = queue
         try:
             try:
                 return await self._queue(action, ticket, key)
             except _Retry as failure:  # the rare path: retried in order, with backoff
                 return await self._until_done(action, ticket, key, failure)
         finally:
-            self.done_with(ticket, key)
+            if ticket.queue is None and ticket.settled is None:
+                if key is not None:
+                    del self._order[key]
+            else:
+                self._settle(key, ticket)
 
     def queue_nowait(
         self, action: Action, future: asyncio.Future[dict[str, Any]]

@@ -69,17 +69,15 @@ class Context:
         than the stored document is not applied and returns the item with `"result":
         "stale"` instead of raising.
         """
-        return self._write(
-            "index", actions.index(index=index, id=id, doc=doc, version=version, **meta)
-        )
+        return self._write("index", actions.index_action(index, id, doc, version, meta))
 
     def upsert(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into the document, creating it when missing (doc_as_upsert)."""
-        return self._write("upsert", actions.upsert(index=index, id=id, doc=doc, **meta))
+        return self._write("upsert", actions.upsert_action(index, id, doc, meta))
 
     def update(self, *, index: str, id: str, doc: Mapping[str, Any], **meta: Any) -> Result:
         """Merge `doc` into an existing document; a missing one is an error."""
-        return self._write("update", actions.update(index=index, id=id, doc=doc, **meta))
+        return self._write("update", actions.update_action(index, id, doc, meta))
 
     def delete(
         self, *, index: str, id: str, version: int | None = None, **meta: Any
@@ -88,7 +86,7 @@ class Context:
 
         `version` as for `index`: a delete older than the stored document is not applied.
         """
-        return self._write("delete", actions.delete(index=index, id=id, version=version, **meta))
+        return self._write("delete", actions.delete_action(index, id, version, meta))
 
     def write(self, action: Action) -> Result:
         """One bulk action as it is (helpers' format, e.g. built by esupdater.actions)."""

@@ -114,8 +114,11 @@ class KeyedDispatcher:
         """`submit` without waiting: the job's future if a slot is free now (and nobody
         waits for one), else None and nothing is admitted. The feeder's path for each row:
         no coroutine per submission."""
-        if not self.take_nowait():
+        if self._closed:
+            raise RuntimeError("KeyedDispatcher is closed")
+        if not self._free or self._queue:
             return None
+        self._free -= 1  # take_nowait, inlined: this runs once per row
         return self._start(key, job, group, after, barrier)
 
     def take_nowait(self) -> bool:
@@ -240,8 +243,11 @@ class KeyedDispatcher:
         if barrier is not None:
             self._barriers[barrier] = task
         self._tasks.add(task)
-        if group is not None:
-            self._join(group, task)
+        if group is not None:  # _join, inlined: this runs once per row
+            members = self._groups.get(group)
+            if members is None:
+                members = self._groups[group] = set()
+            members.add(task)
         task.add_done_callback(partial(self._finished, key, group, after, barrier))
         return task
 

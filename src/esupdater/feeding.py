@@ -143,9 +143,9 @@ class Feeder:
                     # A new primary key: the job also comes after (and before) the old key's.
                     key = change.key
                     after = None if change.old_pk is None else change.old_key
-                    if (
-                        mapped is not None and after is None and len(routes) == 1
-                        and (mapper := routes[0].mapper) is not None
+                    if (  # a handler's row fails at the first test
+                        (mapper := routes[0].mapper) is not None and len(routes) == 1
+                        and after is None and mapped is not None
                     ):
                         # A mapped row: no task, no job (see _map).
                         if not take_nowait() and not await dispatcher.take(admit):
