@@ -189,6 +189,8 @@ class BulkWriter:
             raw_dumps() if callable(raw_dumps) else serializer.dumps
         )
         self._headers: dict[tuple[str, Any], bytes] = {}  # see _header
+        # The "index" ones by index: one lookup per action, no call (the usual action).
+        self._index_headers: dict[Any, bytes] = {}
         # The lanes' loop, kept: looking it up per action costs a system call (getpid).
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -448,9 +450,11 @@ class BulkWriter:
         if size == 4 and op_type == "index" and action.keys() == _INDEX_SHAPE:
             doc_id = action["_id"]
             if type(doc_id) is str:
-                header_line = (
-                    self._header("index", action["_index"]) + orjson.dumps(doc_id) + b"}}"
-                )
+                index = action["_index"]
+                prefix = self._index_headers.get(index)
+                if prefix is None:
+                    prefix = self._index_headers[index] = self._header("index", index)
+                header_line = prefix + orjson.dumps(doc_id) + b"}}"
                 body_line = dumps(action["_source"])
                 lines.append(header_line)
                 lines.append(body_line)
@@ -505,6 +509,7 @@ class BulkWriter:
         if found is None:
             if len(self._headers) >= _MAX_HEADERS:
                 self._headers.clear()
+                self._index_headers.clear()
             line = self._dumps({op_type: {"_index": index, "_id": None}})
             if isinstance(line, str):
                 line = line.encode()

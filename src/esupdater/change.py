@@ -26,9 +26,11 @@ VERSION_ROWS_PER_RECORD = 1 << 20
 BACKFILL_VERSION = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Position:
-    """Where a record came from in Kafka: enough to find it again with any Kafka tool."""
+    """Where a record came from in Kafka: enough to find it again with any Kafka tool. Treat
+    it as read-only: it is not frozen because one is built per record on the hot path, and a
+    frozen __init__ costs three times more (760 against 220 ns)."""
 
     topic: str
     partition: int
@@ -71,6 +73,8 @@ class Change:
     #: read from the table itself (esupdater.table_reader: an INSERT of the row as it is,
     #: `position` = `<database>.<table>`, partition -1, offset = the row's number in the read).
     source: str = "binlog"
+    #: `pk`, once computed: it is asked for at least twice per row (the key, the handler).
+    known_pk: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def topic(self) -> str:
@@ -129,7 +133,10 @@ class Change:
 
         Empty for DDL and for tables without a primary key.
         """
-        return join_pk(self.pk_names, self.raw)
+        pk = self.known_pk
+        if pk is None:
+            pk = self.known_pk = join_pk(self.pk_names, self.raw)
+        return pk
 
     @property
     def key(self) -> tuple[str, str, str]:
