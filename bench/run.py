@@ -9,8 +9,11 @@ bench/lib/batch_loop.py), each with its own process, group and index on the same
 rows/s, own and Elasticsearch CPU per 1,000 rows, bulk requests, peak RSS, each esupdater
 compared with D pair by pair; esupdater's other variants (event loop x serializer); two
 esupdater processes in one group (scale-out); latency at half the best rate; freshness
-through MariaDB and Canal; backfill and verify of a MariaDB table; optionally a py-spy
-profile of the default 10-row run.
+through MariaDB and Canal; backfill and verify of a MariaDB table; optionally (`--profile
+P.json`) py-spy profiles of four more runs, esupdater with a handler and with a mapper on the
+1-row and the 10-row backlog, each in its own speedscope file (P-handler-1.json,
+P-mapper-1.json, P-handler-10.json, P-mapper-10.json) and summarised by bench/hotspots.py
+under `hotspots` in results.json, one entry per run.
 Every topic, index, consumer group and table it creates carries the run id; topics, indices
 and tables are deleted at the end (groups expire with Kafka's offsets retention), except a
 freshness table whose rows did not all arrive (dropping it could stop Canal).
@@ -24,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from rich.console import Console
@@ -39,6 +43,8 @@ from bench.lib.stack import RAW_DATES_MAPPING, Stack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
 SHAPES = (1, 10)  # rows per Canal message
+#: The profiled esupdater runs (--profile): with a handler and with a mapper (bench/child.py).
+PROFILED = (("handler", False), ("mapper", True))
 console = Console()
 if not console.is_terminal:  # `make bench | tee`: do not squeeze the table into 80 columns
     console = Console(width=190)
@@ -149,6 +155,38 @@ class Bench:
         await self.stack.drop_index(index)
 
 
+def profile_path(base: Path, kind: str, shape: int) -> Path:
+    """One profiled run's speedscope file, beside the one --profile named: p.json ->
+    p-handler-1.json (each run needs its own file; py-spy overwrites)."""
+    return base.with_name(f"{base.stem}-{kind}-{shape}{base.suffix or '.json'}")
+
+
+async def profile(bench: Bench, base: Path) -> dict[str, Any]:
+    """py-spy over esupdater with a handler and with a mapper on each backlog, each run on its
+    own index; their summaries keyed like `contenders` (handler_1_row_msgs, ...). Not timed:
+    a profiled run is slower, and none of the figures come from it."""
+    base.parent.mkdir(parents=True, exist_ok=True)  # py-spy does not create it
+    found: dict[str, Any] = {}
+    for shape in SHAPES:
+        for kind, mapper in PROFILED:
+            path = profile_path(base, kind, shape)
+            index = await bench.stack.create_index(f"profile-{kind}-{shape}")
+            await run_esupdater(bench.stack, Variant(shape, mapper=mapper), bench.topics[shape],
+                                bench.args.partitions, index=index, profile=path)
+            await bench.stack.drop_index(index)
+            try:
+                spots = summarise(path)
+            except (OSError, ValueError, KeyError) as error:  # keep the run's other figures
+                bench.results.notes.append(
+                    f"profile {kind}, {shape}-row msgs: {path} not summarised ({error!r})")
+                continue
+            found[f"{kind}_{shape}_row_msgs"] = {"profile": str(path), **spots.as_dict()}
+            parts = ", ".join(f"{name} {percent:.0f} %" for name, percent in spots.parts)
+            console.print(f"profile {kind}, {shape}-row msgs: {path} "
+                          f"({spots.busy_seconds:.1f} busy s; {parts})")
+    return found
+
+
 def _rotated(contenders: list[Variant], pair: int) -> list[Variant]:
     """The contenders' order for pair `pair`: rotated every two pairs, reversed every other
     pair. With three, over six pairs: ABC, CBA, BCA, ACB, CAB, BAC (each twice in each place,
@@ -197,11 +235,7 @@ async def main(args: argparse.Namespace) -> Results:
             console.print(f"backfill {results.tables.backfill_rows_per_second:,.0f} rows/s")
 
         if args.profile is not None:
-            index = await stack.create_index("profile")
-            await run_esupdater(stack, Variant(10), bench.topics[10], args.partitions,
-                                index=index, profile=args.profile)
-            await stack.drop_index(index)
-            results.hotspots = {"profile": str(args.profile), **summarise(args.profile).as_dict()}
+            results.hotspots = await profile(bench, args.profile)
         results.notes += _notes(args)
         results.seconds = time.monotonic() - started
         # The stack is shared: a busy machine during the run explains noisy figures.
@@ -216,7 +250,7 @@ async def main(args: argparse.Namespace) -> Results:
 
 
 def _notes(args: argparse.Namespace) -> list[str]:
-    return [
+    notes = [
         "pairs: esupdater with an `async def` handler (esupdater_vs_D), esupdater with a "
         "mapper doing the same writes (Registry.add_mapper, no task per row: "
         "esupdater_mapper_vs_D) and D, back to back in an order rotating from pair to pair; "
@@ -257,6 +291,14 @@ def _notes(args: argparse.Namespace) -> list[str]:
         "a versioned mirror handler; backfill rows/s from its own summary line, verify from "
         "its wall time (Python start-up included).",
     ]
+    if args.profile is not None:
+        notes.append(
+            "hotspots: py-spy (200 samples/s) over four more runs, not part of the figures "
+            "above: esupdater with a handler and with a mapper, 1-row and 10-row msgs, one "
+            "speedscope file each; percentages of the busy samples, start-up left out; "
+            "self_percent_by_part groups all self time as the README's \"Where the CPU goes\" "
+            "table (bench/hotspots.py, PARTS).")
+    return notes
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -287,12 +329,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freshness-seconds", type=float, default=30.0)
     parser.add_argument("--skip-backfill", action="store_true", help="no backfill/verify")
     parser.add_argument("--backfill-rows", type=int, default=100_000)
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="also run py-spy on the default 10-row run; speedscope output here")
+    parser.add_argument("--profile", type=Path, default=None, metavar="P.json",
+                        help="also profile esupdater with py-spy: a handler and a mapper on "
+                        "1-row and 10-row msgs, four more runs, each to its own speedscope file "
+                        "beside this path (P-handler-1.json, P-mapper-1.json, ...)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.full:
         args.rows = 1_000_000
+    if args.profile is not None:  # py-spy runs in the child's own working directory
+        args.profile = args.profile.resolve()
     if args.skip_scale_out:
         args.scale_processes = 0
     if args.pairs < 1:
