@@ -180,7 +180,7 @@ async def profile(bench: Bench, base: Path) -> dict[str, Any]:
                 bench.results.notes.append(
                     f"profile {kind}, {shape}-row msgs: {path} not summarised ({error!r})")
                 continue
-            found[f"{kind}_{shape}_row_msgs"] = {"profile": str(path), **spots.as_dict()}
+            found[f"{kind}_{shape}_row_msgs"] = {"profile": path.name, **spots.as_dict()}
             parts = ", ".join(f"{name} {percent:.0f} %" for name, percent in spots.parts)
             console.print(f"profile {kind}, {shape}-row msgs: {path} "
                           f"({spots.busy_seconds:.1f} busy s; {parts})")

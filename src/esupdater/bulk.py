@@ -147,15 +147,27 @@ class _Lane:
             waiter.set_result(None)
 
 
+#: What of each item a bulk answer carries (`filter_path`). A handler's write returns its
+#: item, so that keeps every field a caller may read and drops only the shard counts; a
+#: request of mapped rows' writes only, whose items nobody reads but the writer, asks for
+#: what the writer reads: the status and the error. Parsing the answer was 3-4 % of a mapped
+#: path's CPU with every field (830 against 200 ns per item).
+ITEM_FIELDS = ("_index", "_id", "_version", "result", "status", "error", "_seq_no",
+               "_primary_term")
+_FULL_ITEMS = ",".join(f"items.*.{name}" for name in ITEM_FIELDS)
+_STATUS_ITEMS = "items.*.status,items.*.error"
+
+
 class _Batch:
     """The actions of one request and their serialised lines, in the same order."""
 
-    __slots__ = ("items", "lines", "size")
+    __slots__ = ("awaited", "items", "lines", "size")
 
     def __init__(self) -> None:
         self.items: list[_Item] = []
         self.lines: list[bytes] = []
         self.size = 0
+        self.awaited = False  # an action's caller reads its item (`execute`)
 
 
 class BulkWriter:
@@ -433,6 +445,8 @@ class BulkWriter:
             if batch.items and batch.size + size > limits.max_chunk_bytes:
                 del lines[before:]
                 break  # the next request's first
+            if type(future) is asyncio.Future:  # the writer's own: `execute`'s caller
+                batch.awaited = True
             items.popleft()
             batch.items.append(item)
             batch.size += size
@@ -526,7 +540,10 @@ class BulkWriter:
             # they are (a list would be copied line by line into a new buffer).
             body = b"\n".join(batch.lines) + b"\n"
             self.stats.bulk_request_bytes.observe(len(body))
-            response = await self.es.bulk(operations=cast(Any, body))
+            response = await self.es.bulk(
+                operations=cast(Any, body),
+                filter_path=_FULL_ITEMS if batch.awaited else _STATUS_ITEMS,
+            )
         except ApiError as exc:  # the whole request refused (429, 413, ...): each item so
             sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
             info = {"error": str(exc), "status": exc.status_code, "exception": exc}

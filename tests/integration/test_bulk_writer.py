@@ -228,3 +228,44 @@ async def test_writes_to_one_document_keep_their_order_when_elasticsearch_answer
             await bulk.close()
             await client.close()
             await es.indices.delete(index=unique_name, ignore_unavailable=True)
+
+
+async def test_an_awaited_write_gets_its_whole_item_back(
+    writer: BulkWriter, unique_name: str
+) -> None:
+    """`execute`'s caller (a handler's `ctx`) reads the item: every field of it but the shard
+    counts, as Elasticsearch answered."""
+    item = await writer.execute({"_index": unique_name, "_id": "1", "_source": {"v": 1}})
+    assert set(item) == {"_index", "_id", "_version", "result", "status", "_seq_no",
+                         "_primary_term"}
+    assert (item["_index"], item["_id"], item["result"], item["_version"], item["status"]) == (
+        unique_name, "1", "created", 1, 201)
+
+
+class _Unread(asyncio.Future[dict[str, Any]]):
+    """The answer of a write whose caller never reads its item (a mapped row's)."""
+
+
+async def test_writes_nobody_reads_the_item_of_come_back_with_status_and_error_only(
+    writer: BulkWriter, es: AsyncElasticsearch, unique_name: str
+) -> None:
+    """A request of such writes only asks Elasticsearch for what the writer reads; a refused
+    document still comes back with Elasticsearch's reason."""
+    await es.indices.create(index=unique_name, mappings={"properties": {"n": {"type": "long"}}})
+    loop = asyncio.get_running_loop()
+    good, bad = _Unread(loop=loop), _Unread(loop=loop)
+    tickets = [
+        writer.queue_nowait({"_index": unique_name, "_id": "1", "_source": {"n": 1}}, good),
+        writer.queue_nowait({"_index": unique_name, "_id": "2", "_source": {"n": "x"}}, bad),
+    ]
+    try:
+        assert await asyncio.wait_for(good, 10) == {"status": 201}
+        with pytest.raises(BulkItemError) as refused:
+            await asyncio.wait_for(bad, 10)
+        assert refused.value.status == 400
+        assert "parsing" in str(refused.value)  # document_parsing_exception: ES's own words
+    finally:
+        for ticket, key in tickets:
+            writer.done_with(ticket, key)
+    found = await es.get(index=unique_name, id="1")
+    assert found["_source"] == {"n": 1}
