@@ -104,6 +104,10 @@ class Hotspots:
         }
 
 
+#: The repository's folder, as the benchmark's own frames name it.
+_REPOSITORY = str(Path(__file__).resolve().parent.parent) + "/"
+
+
 def _label(frame: dict[str, Any]) -> str:
     path = str(frame.get("file", ""))
     for marker in ("/site-packages/", "/src/"):
@@ -111,6 +115,8 @@ def _label(frame: dict[str, Any]) -> str:
             path = path.split(marker, 1)[1]
             break
     else:
+        if path.startswith(_REPOSITORY):  # bench/...: no path of this machine in the results
+            path = path[len(_REPOSITORY):]
         path = STDLIB.split(path, maxsplit=1)[-1]
     return f"{frame['name']} ({path})"  # per function: py-spy gives a frame per line
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+import bench.hotspots as hotspots
 import bench.run
 from bench.hotspots import OTHER, PARTS, part, summarise
 from bench.lib.e2e import Variant
@@ -176,3 +177,10 @@ async def test_profile_runs_a_handler_and_a_mapper_per_shape_into_their_own_file
     assert found["mapper_10_row_msgs"]["profile"] == "p-mapper-10.json"  # a name, not a path
     assert found["mapper_10_row_msgs"]["self_percent_by_part"][0]["percent"] == 30.0
     assert json.loads(json.dumps(found)) == found  # as results.json will hold it
+
+
+def test_a_frame_of_the_benchmark_is_named_by_its_path_in_the_repository() -> None:
+    """results.json is committed: no path of the machine that ran it."""
+    root = Path(hotspots.__file__).resolve().parent.parent
+    frame = {"name": "Probe.map", "file": str(root / "bench" / "child.py")}
+    assert hotspots._label(frame) == "Probe.map (bench/child.py)"
