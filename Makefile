@@ -51,8 +51,9 @@ $(CANAL_STUB): proto/canal.proto $(STAMP)
 bench: install up  ## throughput vs ceilings and the seed's shape, latency, RSS -> bench/results/
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-soak: install up  ## 1,000,000 Canal rows through one process; verifies the index, peak RSS -> bench/results/
+soak: install up  ## 1,000,000 Canal rows through one process, with a handler then a mapper; verifies the index, peak RSS -> bench/results/
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+	$(BIN)/python -m bench.soak --mapper $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

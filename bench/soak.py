@@ -4,6 +4,9 @@ Produces the backlog first (multi-row flat messages, keyed by primary key), then
 `esupdater run` as a child process until the group has committed everything, stops it,
 and checks the index against the state computed while producing: count, and the content
 of a random sample. Peak RSS is the kernel's high-water mark (VmHWM) of the child.
+The rows go through an `async def` handler, or with `--mapper` through a `@maps` mapper
+(the path with no task per row, whose actions wait in the bulk writer's lanes): each has
+its own result file, results/soak.json and results/soak-mapper.json.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from bench.lib.stack import peak_rss_mb
 from esupdater.canal import flat_message
 from tools.local_stack import ELASTICSEARCH, KAFKA
 
-#: Where the figures go (the README quotes them).
-RESULT = Path(__file__).resolve().parent / "results" / "soak.json"
+#: Where the figures go (the README quotes them), by path: handler or mapper.
+RESULTS = {
+    "handler": Path(__file__).resolve().parent / "results" / "soak.json",
+    "mapper": Path(__file__).resolve().parent / "results" / "soak-mapper.json",
+}
 TYPES = {
     "id": "bigint(20)", "name": "varchar(64)", "email": "varchar(128)", "city": "varchar(32)",
     "balance": "decimal(12,2)", "vip": "tinyint(1)", "updated_at": "datetime",
@@ -46,6 +52,17 @@ async def sync(change: Change, ctx: Context) -> None:
         await ctx.delete(index=INDEX, id=change.pk)
     else:
         await ctx.index(index=INDEX, id=change.pk, doc=change.row)
+'''
+
+#: The same writes from a mapper: returned, not awaited.
+MAPPERS = '''
+from esupdater import Change, actions, maps
+
+@maps("soak.users")
+def sync(change: Change) -> actions.Action:
+    if change.is_delete:
+        return actions.delete(index=INDEX, id=change.pk)
+    return actions.index(index=INDEX, id=change.pk, doc=change.row)
 '''
 
 
@@ -142,7 +159,9 @@ async def main(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="esupdater-soak-"))
     (work / "soak_handlers").mkdir()
-    (work / "soak_handlers" / "__init__.py").write_text(f"INDEX = {index!r}\n" + HANDLERS)
+    path = "mapper" if args.mapper else "handler"
+    code = MAPPERS if args.mapper else HANDLERS
+    (work / "soak_handlers" / "__init__.py").write_text(f"INDEX = {index!r}\n" + code)
     env = {
         **os.environ, "PYTHONPATH": str(work),
         "ESUPDATER_KAFKA__BOOTSTRAP_SERVERS": KAFKA, "ESUPDATER_KAFKA__TOPICS": topic,
@@ -173,13 +192,14 @@ async def main(args: argparse.Namespace) -> int:
     print()
     problems = await verify(index, expected, args.sample) if remaining == 0 else ["not caught up"]
     result = {
-        "date": time.strftime("%Y-%m-%d"), "rows": args.rows, "documents": len(expected),
+        "date": time.strftime("%Y-%m-%d"), "path": path, "rows": args.rows,
+        "documents": len(expected),
         "rows_per_message": args.per_message, "seconds": round(consumed_s, 1),
         "rows_per_second": round(args.rows / consumed_s), "peak_rss_mb": round(peak),
         "verified_sample": args.sample, "problems": problems[:20], "exit_code": child.returncode,
     }
     print(json.dumps(result, indent=2))
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS[path].write_text(json.dumps(result, indent=2) + "\n")
     if not args.keep:
         await admin.delete_topics([topic])
         es = AsyncElasticsearch(ELASTICSEARCH)
@@ -198,6 +218,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=2_000)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the topic and index")
+    parser.add_argument("--mapper", action="store_true",
+                        help="a @maps mapper instead of an async def handler")
     return parser.parse_args()
 
 
