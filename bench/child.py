@@ -6,8 +6,9 @@ orjson serializer, and one handler (index the typed row, delete on DELETE; route
 spec's `route`, shop.users by default) wrapped in a probe that notes the first call, the last
 acknowledgement and, in latency mode, each row's latency. With the spec's `mapper`, the same
 writes come from a mapper (`Registry.add_mapper`: no task per row) instead; a mapper does not
-see its row acknowledged, so the probe counts the acknowledgements from the sensor the service
-tells of each row done (`Stats.sensor.handler_done`, on both paths).
+see its row acknowledged, so the probe counts the acknowledgements (and, when asked, times
+them) from the sensor the service tells of each row done (`Stats.sensor.handler_done`, on
+both paths).
 The parent ends it through the status file, like `esupdater stop`; on exit it writes its
 figures (and its own peak RSS) to the spec's `result` path.
 """
@@ -65,6 +66,10 @@ class Probe:
             await ctx.index(index=self.index, id=change.pk, doc=change.row)
         self.last = time.monotonic()
         self.rows += 1
+        self.note_ack(change)
+
+    def note_ack(self, change: Change) -> None:
+        """A row acknowledged: its latency sample and its ack time, when asked for."""
         if self.latency and change.executed_at is not None:
             sent = change.executed_at.timestamp()  # == the record's CreateTime, see latency.py
             self.samples.extend((sent, time.time() - sent))
@@ -94,6 +99,7 @@ class Probe:
                 if outcome == "done":
                     probe.last = time.monotonic()
                     probe.rows += 1
+                    probe.note_ack(change)
 
         return AckSensor
 
@@ -129,9 +135,6 @@ def main(spec_path: str) -> None:
     registry = Registry()
     route = spec.get("route", "shop.users")
     if spec.get("mapper", False):
-        if probe.latency or probe.acks:
-            raise ValueError("latency and acks modes need the handler: a mapper cannot "
-                             "time its row's acknowledgement")
         setattr(service, "FreshnessSensor", probe.sensor())  # noqa: B010
         registry.add_mapper(route, probe.map)
     else:

@@ -8,12 +8,15 @@ writes, no task per row) and contender D (the plain batch loop a user would writ
 bench/lib/batch_loop.py), each with its own process, group and index on the same backlog:
 rows/s, own and Elasticsearch CPU per 1,000 rows, bulk requests, peak RSS, each esupdater
 compared with D pair by pair; esupdater's other variants (event loop x serializer); two
-esupdater processes in one group (scale-out); latency at half the best rate; freshness
-through MariaDB and Canal; backfill and verify of a MariaDB table; optionally (`--profile
-P.json`) py-spy profiles of four more runs, esupdater with a handler and with a mapper on the
-1-row and the 10-row backlog, each in its own speedscope file (P-handler-1.json,
-P-mapper-1.json, P-handler-10.json, P-mapper-10.json) and summarised by bench/hotspots.py
-under `hotspots` in results.json, one entry per run.
+esupdater processes in one group (scale-out); latency at half the best rate (the handler,
+then the mapper at half its own); freshness through MariaDB and Canal, once per
+`--freshness-refresh` value (the index's refresh_interval: `default`, Elasticsearch's 1 s,
+and 500ms unless told), each split into commit -> Kafka,
+Kafka -> acknowledged and acknowledged -> searchable; backfill and verify of a MariaDB
+table; optionally (`--profile P.json`) py-spy profiles of four more runs, esupdater with a
+handler and with a mapper on the 1-row and the 10-row backlog, each in its own speedscope
+file (P-handler-1.json, P-mapper-1.json, P-handler-10.json, P-mapper-10.json) and
+summarised by bench/hotspots.py under `hotspots` in results.json, one entry per run.
 Every topic, index, consumer group and table it creates carries the run id; topics, indices
 and tables are deleted at the end (groups expire with Kafka's offsets retention), except a
 freshness table whose rows did not all arrive (dropping it could stop Canal).
@@ -221,15 +224,22 @@ async def main(args: argparse.Namespace) -> Results:
                 stack, Variant(shape), results.default_rate(shape) / 2, args.latency_seconds,
                 partitions=args.partitions, warmup=args.latency_warmup, es_pid=bench.es_pid)
             console.print(f"latency p99 {results.latency.p99_ms:.0f} ms")
-        if not args.skip_freshness:
-            results.freshness = await freshness.measure(
-                stack, rate=args.freshness_rate, seconds=args.freshness_seconds,
+            results.latency_mapper = await latency.measure(
+                stack, Variant(shape, mapper=True), results.mapper_rate(shape) / 2,
+                args.latency_seconds, partitions=args.partitions, warmup=args.latency_warmup,
                 es_pid=bench.es_pid)
-            console.print(f"freshness p99 {results.freshness.p99_ms:.0f} ms")
-            if not results.freshness.dropped:
+            console.print(f"latency with a mapper p99 {results.latency_mapper.p99_ms:.0f} ms")
+        for refresh in [] if args.skip_freshness else args.freshness_refresh:
+            fresh = await freshness.measure(
+                stack, rate=args.freshness_rate, seconds=args.freshness_seconds,
+                refresh=refresh, es_pid=bench.es_pid)
+            results.freshness.append(fresh)
+            console.print(f"freshness, refresh_interval {fresh.refresh_label}: p99 "
+                          f"{fresh.p99_ms:.0f} ms ({fresh.stages_line()})")
+            if not fresh.dropped:
                 results.notes.append(
-                    f"freshness: table shop.{results.freshness.table} kept (not every row "
-                    "arrived; dropping it before Canal read its rows would stop Canal)")
+                    f"freshness: table shop.{fresh.table} kept (not every row arrived; "
+                    "dropping it before Canal read its rows would stop Canal)")
         if not args.skip_backfill:
             results.tables = await table_commands.measure(stack, args.backfill_rows)
             console.print(f"backfill {results.tables.backfill_rows_per_second:,.0f} rows/s")
@@ -282,7 +292,16 @@ def _notes(args: argparse.Namespace) -> list[str]:
         f"C: the first {args.baseline_rows:,} rows (or {args.baseline_seconds:g}s) of the 1-row "
         "topic, one handler call, one ES request and one commit per message.",
         "Backlog indices: refresh_interval -1, 1 shard, 0 replicas, the same strict mapping. "
-        "The freshness index keeps the default refresh (1 s).",
+        "Freshness: one measurement per refresh_interval ("
+        + ", ".join(args.freshness_refresh) + "; `default` leaves it unset: Elasticsearch's "
+        "1 s), each with its own table, index and group.",
+        "freshness stages, per row: commit -> Kafka (Canal: the Kafka record's CreateTime, "
+        "set by Canal's producer as it takes the record), Kafka -> acknowledged (Canal's "
+        "producer batching, the broker, esupdater's fetch and bulk write), acknowledged -> "
+        "searchable (the refresh, plus up to one 20 ms poll and a search); a row's stages add "
+        "up to its total, the stages' percentiles (over the rows with both ends) do not. "
+        "commit -> Kafka can come out below 0 for a few rows: the commit time is when the "
+        "benchmark saw its INSERT return, which Canal can beat.",
         f"scale-out: one esupdater process, then {args.scale_processes} in one group, back "
         f"to back on the {args.scale_shape}-row backlog; steady = from the moment every "
         "process is a member and has handled a row (the rebalance as the second joins is "
@@ -299,6 +318,26 @@ def _notes(args: argparse.Namespace) -> list[str]:
             "self_percent_by_part groups all self time as the README's \"Where the CPU goes\" "
             "table (bench/hotspots.py, PARTS).")
     return notes
+
+
+def refresh_intervals(text: str) -> list[str]:
+    """--freshness-refresh's values in order, each once: refused here rather than by
+    Elasticsearch after the rest of the run (-1 never refreshes: the rows would never be
+    searchable, and their table would have to be kept)."""
+    values: list[str] = []
+    for part in text.split(","):
+        value = part.strip()
+        if not value or value in values:
+            continue
+        if value != freshness.DEFAULT_REFRESH and not freshness.REFRESH_VALUE.fullmatch(value):
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: `{freshness.DEFAULT_REFRESH}` or a positive whole time value "
+                "such as 500ms or 2s")
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError("no refresh interval given (--skip-freshness skips "
+                                         "freshness)")
+    return values
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -325,6 +364,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale-shape", type=int, choices=SHAPES, default=10)
     parser.add_argument("--skip-scale-out", action="store_true")
     parser.add_argument("--skip-freshness", action="store_true")
+    parser.add_argument("--freshness-refresh", type=refresh_intervals,
+                        default=f"{freshness.DEFAULT_REFRESH},500ms", metavar="LIST",
+                        help="the freshness index's refresh_interval, one measurement per "
+                        "comma-separated value: `default` (left unset: Elasticsearch's 1 s) "
+                        "or a time value such as 500ms (default: default,500ms)")
     parser.add_argument("--freshness-rate", type=float, default=500.0, help="rows/s inserted")
     parser.add_argument("--freshness-seconds", type=float, default=30.0)
     parser.add_argument("--skip-backfill", action="store_true", help="no backfill/verify")

@@ -229,9 +229,6 @@ async def run_esupdater(
     whose CPU is sampled with the children's. `group`: a consumer group prepared by the
     caller (else a new one). `rows`: the backlog's rows, which the rates count (else the rows
     the handlers saw)."""
-    if variant.mapper and (latency or acks):
-        raise ValueError("latency and acks modes time each row in the handler: they run "
-                         "esupdater with a handler, not a mapper")
     group = group or stack.name(f"group-{index.rsplit('-', 1)[-1]}-{time.monotonic_ns()}")
     spawned = time.monotonic()
     options = {"route": route, "latency": latency, "acks": acks}

@@ -3,8 +3,9 @@
 A paced producer writes the users dataset at a fixed rate (half the best measured rate) into
 an empty topic that an esupdater child is already consuming. Each message carries the same
 millisecond as its Kafka CreateTime and as Canal's `es` (execution time); the child's probe
-takes `change.executed_at` after `await ctx.index(...)` returned, so each sample is
-"record timestamp -> acknowledged by Elasticsearch". The first `warmup` seconds are dropped.
+takes `change.executed_at` after `await ctx.index(...)` returned (with a mapper: when the
+service reports the row done, on its acknowledgement), so each sample is "record timestamp ->
+acknowledged by Elasticsearch". The first `warmup` seconds are dropped.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ async def measure(
     stack: Stack, variant: Variant, rate: float, seconds: float, *,
     partitions: int, warmup: float, es_pid: int | None = None,
 ) -> Latency:
-    topic = await stack.create_topic(f"latency-{variant.rows_per_message}", partitions)
-    index = await stack.create_index(f"latency-{variant.rows_per_message}")
+    kind = f"latency-{variant.rows_per_message}" + ("-mapper" if variant.mapper else "")
+    topic = await stack.create_topic(kind, partitions)
+    index = await stack.create_index(kind)
     produced: dict[str, float] = {}
 
     async def feed() -> None:

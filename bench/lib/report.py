@@ -5,7 +5,10 @@ Every comparison is a ratio of figures taken in the same run. esupdater against 
 with esupdater twice: an `async def` handler (`esupdater_vs_D`, the targets) and a mapper
 doing the same writes (`esupdater_mapper_vs_D`, the same targets); each ratio is computed per
 pair and the median is the figure (the stack is shared and noisy, and Elasticsearch's CPU
-most of all).
+most of all). Freshness is one measurement per refresh_interval asked for, each with a target
+of its own that names its refresh: with Elasticsearch's default of 1 s no pipeline meets a
+p99 of 1 s, so the stages and the other intervals show what the pipeline and the refresh
+each take.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from rich.table import Table
 
 from bench.lib.ceilings import Rate
 from bench.lib.e2e import BATCH, ESUPDATER, PAIRS, SCALE_OUT, VARIANTS, RunResult
+from bench.lib.freshness import DEFAULT_REFRESH, Freshness
 from bench.lib.freshness import TARGET_P99_MS as TARGET_FRESH_P99_MS
-from bench.lib.freshness import Freshness
 from bench.lib.latency import Latency
 from bench.lib.table_commands import TableFigures
 
@@ -88,7 +91,8 @@ class Results:
     seed: Rate | None = None  # C
     runs: list[RunResult] = field(default_factory=list)
     latency: Latency | None = None
-    freshness: Freshness | None = None
+    latency_mapper: Latency | None = None  # the same, esupdater with a mapper
+    freshness: list[Freshness] = field(default_factory=list)  # one per refresh_interval
     tables: TableFigures | None = None
     hotspots: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -113,6 +117,10 @@ class Results:
     def default_rate(self, shape: int) -> float:
         """esupdater's rows/s with the default configuration: the median of its runs."""
         return _median([r.rows_per_second for r in self.defaults(shape)])
+
+    def mapper_rate(self, shape: int) -> float:
+        """esupdater's rows/s with a mapper in the pairs: the median of its runs."""
+        return _median([r.rows_per_second for r in self.paired(shape, ESUPDATER, mapper=True)])
 
     def ceiling(self, rows_per_message: int) -> float:
         """min(A, B) for this message shape."""
@@ -158,17 +166,20 @@ class Results:
                 ratio = rate / self.seed.rows_per_second
                 found.append(_target(f"esupdater >= {TARGET_BASELINE_RATIO:g} x C, {shape}-row "
                                      "msgs", round(ratio, 1), ratio >= TARGET_BASELINE_RATIO))
-        if self.latency:
-            found.append(_target(f"p99 append -> ack <= {TARGET_P99_MS:g} ms at half load",
-                                 round(self.latency.p99_ms, 1),
-                                 self.latency.p99_ms <= TARGET_P99_MS))
-        if self.freshness:
-            fresh = self.freshness
+        for lat, path in ((self.latency, ""), (self.latency_mapper, ", mapper")):
+            if lat:
+                found.append(_target(f"p99 append -> ack <= {TARGET_P99_MS:g} ms at half load"
+                                     + path, round(lat.p99_ms, 1), lat.p99_ms <= TARGET_P99_MS,
+                                     f"{lat.run.variant.label} at {lat.achieved_rate:,.0f} rows/s"))
+        for fresh in self.freshness:
+            default = fresh.refresh == DEFAULT_REFRESH
             found.append(_target(
-                f"freshness p99 (MariaDB commit -> searchable) <= {TARGET_FRESH_P99_MS:g} ms",
+                f"freshness p99 (MariaDB commit -> searchable) <= {TARGET_FRESH_P99_MS:g} ms"
+                + ("" if default else f" with refresh_interval {fresh.refresh}"),
                 round(fresh.p99_ms, 1), fresh.p99_ms <= TARGET_FRESH_P99_MS,
-                f"refresh_interval 1 s (the default); commit -> acknowledged p99 "
-                f"{fresh.ack_p99_ms:.0f} ms"))
+                f"refresh_interval {'1 s (the default)' if default else fresh.refresh}; "
+                f"commit -> acknowledged p99 {fresh.ack_p99_ms:.0f} ms; "
+                + fresh.stages_line()))
         for shape in sorted(self.consume):
             rate = self.default_rate(shape)
             if math.isnan(rate):
@@ -278,7 +289,8 @@ class Results:
             ],
             "scale_out": self.scale_out_figures(),
             "latency": self.latency.summary() if self.latency else None,
-            "freshness": self.freshness.summary() if self.freshness else None,
+            "latency_mapper": self.latency_mapper.summary() if self.latency_mapper else None,
+            "freshness": [fresh.summary() for fresh in self.freshness],
             "backfill_verify": {
                 **self.tables.summary(),
                 "stream_rows_per_second": {
@@ -401,20 +413,20 @@ def print_table(results: Results, console: Console | None = None) -> None:
     _print_ratios(results, console)
     _print_ratios(results, console, mapper=True)
     _print_scale_out(results, console)
-    if results.latency:
-        lat = results.latency
+    for lat in filter(None, (results.latency, results.latency_mapper)):
         console.print(
             f"latency ({lat.run.variant.label}) at {lat.achieved_rate:,.0f} rows/s "
-            f"(half of the best rate) for {lat.seconds:g}s, {lat.samples:,} rows: "
+            f"(half of its best rate) for {lat.seconds:g}s, {lat.samples:,} rows: "
             f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms "
             f"(other CPU {100 * lat.run.other_cpu_share:.0f} %)")
-    if results.freshness:
-        f = results.freshness
+    for f in results.freshness:
         console.print(
             f"freshness through MariaDB -> Canal -> Kafka -> esupdater -> Elasticsearch "
-            f"(refresh 1 s): {f.rows:,} rows at {f.produced_rate:,.0f} rows/s, {f.found:,} "
-            f"searchable: p50 {f.p50_ms:.0f} ms, p99 {f.p99_ms:.0f} ms, max {f.max_ms:.0f} ms "
-            f"(commit -> acknowledged: p50 {f.ack_p50_ms:.0f} ms, p99 {f.ack_p99_ms:.0f} ms)")
+            f"(refresh_interval {f.refresh_label}): {f.rows:,} rows at "
+            f"{f.produced_rate:,.0f} rows/s, {f.found:,} searchable: p50 {f.p50_ms:.0f} ms, "
+            f"p99 {f.p99_ms:.0f} ms, max {f.max_ms:.0f} ms (commit -> acknowledged: p50 "
+            f"{f.ack_p50_ms:.0f} ms, p99 {f.ack_p99_ms:.0f} ms); stages {f.stages_line('p50')}; "
+            f"{f.stages_line('p99')}")
     if results.tables:
         t = results.tables
         stream = ", ".join(f"{results.default_rate(s):,.0f} ({s}-row msgs)"
