@@ -17,9 +17,9 @@ table; optionally (`--profile P.json`) py-spy profiles of four more runs, esupda
 handler and with a mapper on the 1-row and the 10-row backlog, each in its own speedscope
 file (P-handler-1.json, P-mapper-1.json, P-handler-10.json, P-mapper-10.json) and
 summarised by bench/hotspots.py under `hotspots` in results.json, one entry per run.
-Every topic, index, consumer group and table it creates carries the run id; topics, indices
-and tables are deleted at the end (groups expire with Kafka's offsets retention), except a
-freshness table whose rows did not all arrive (dropping it could stop Canal).
+Every topic, index, consumer group and table it creates carries the run id; all are deleted
+at the end, except a freshness table whose rows did not all arrive (dropping it could stop
+Canal).
 """
 
 from __future__ import annotations

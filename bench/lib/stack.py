@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import TopicPartition
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
@@ -139,7 +142,34 @@ class Stack:
                     await self.admin.delete_topics(self.topics)
             except (KafkaError, OSError) as exc:
                 _left_behind("topics", self.topics, exc)
+            try:
+                refused = await self.delete_groups()
+                if refused:
+                    _left_behind("consumer groups", refused, RuntimeError("refused"))
+            except (KafkaError, OSError) as exc:
+                _left_behind("consumer groups", [self.name("*")], exc)
             await self.admin.close()
+
+    async def delete_groups(self) -> list[str]:
+        """Deletes this run's consumer groups and their offsets (Kafka would keep an empty
+        group's offsets for its retention, a week by default); returns those the coordinator
+        refused, with the reason. aiokafka's admin client has no call for it, so each goes to
+        its group's coordinator as a DeleteGroups request."""
+        assert self.admin is not None
+        admin = self.admin
+        refused = []
+        for group in run_groups(await admin.list_consumer_groups(), self.name("")):
+            coordinator = await group_call(partial(admin.find_coordinator, group))
+            answer = await admin._send_request_to_node(coordinator, DeleteGroupsRequest([group]))
+            refused += [f"{name} ({for_code(code).__name__})"
+                        for name, code in answer.results if code]
+        return refused
+
+
+def run_groups(listed: Iterable[tuple[Any, ...]], prefix: str) -> list[str]:
+    """The groups a run created, from `list_consumer_groups`'s (name, protocol) tuples: every
+    one it names starts with its `bench-<run id>-` prefix; anyone else's is left alone."""
+    return sorted({str(group[0]) for group in listed if str(group[0]).startswith(prefix)})
 
 
 def _left_behind(what: str, names: list[str], exc: BaseException) -> None:

@@ -17,6 +17,7 @@ from bench.lib.cpu import Timeline, cpu_seconds, machine_cpu_seconds
 from bench.lib.e2e import BATCH, PAIRS, RunResult, Variant
 from bench.lib.freshness import Tracker
 from bench.lib.report import RATIOS, Results
+from bench.lib.stack import Stack, run_groups
 from bench.run import _rotated
 from esupdater.canal import flat_message
 
@@ -172,3 +173,16 @@ def test_the_mapper_variant_is_labelled_and_not_the_default() -> None:
     assert handler.label == "esupdater 1-row msgs, uvloop, orjson"
     assert handler.is_default
     assert not mapper.is_default
+
+
+def test_a_run_deletes_only_the_consumer_groups_it_named() -> None:
+    stack = Stack(run_id="20261202-070000")
+    listed = [("bench-20261202-070000-group-pairs-0", "consumer"),
+              ("bench-20261202-070000-group-fresh-default", "consumer"),
+              ("bench-20261202-0700001-group-x", "consumer"),  # another run's id, longer
+              ("bench-20261201-220000-group-pairs-0", "consumer"),
+              ("esupdater", "consumer"), ("bench-20261202-070000-group-c", "")]
+
+    assert run_groups(listed, stack.name("")) == [
+        "bench-20261202-070000-group-c", "bench-20261202-070000-group-fresh-default",
+        "bench-20261202-070000-group-pairs-0"]
