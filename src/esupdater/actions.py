@@ -32,6 +32,8 @@ def index(
     With `version` (usually `change.version`) the write is external-versioned: one older than
     the stored document is not applied, and its item says `"result": "stale"`.
     """
+    if version is None and not meta:  # the usual action, built here: one call per row
+        return {"_op_type": "index", "_index": index, "_id": id, "_source": doc}
     return index_action(index, id, doc, version, meta)
 
 
@@ -50,6 +52,8 @@ def delete(*, index: str, id: str, version: int | None = None, **meta: Any) -> A
 
     `version` as for `index`: a delete older than the stored document is not applied.
     """
+    if version is None and not meta:
+        return {"_op_type": "delete", "_index": index, "_id": id}
     return delete_action(index, id, version, meta)
 
 

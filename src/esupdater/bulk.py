@@ -110,6 +110,41 @@ class Ticket:
 
 _Item = tuple[Action, "asyncio.Future[dict[str, Any]]", Ticket]
 
+
+class GroupOwner(Protocol):
+    """Whoever queued a `Group`: told once per group how its actions went."""
+
+    def done(self) -> bool:
+        """True once it no longer wants the answers (cancelled): its tickets are settled."""
+        ...
+
+    def group_answered(
+        self, group: Group, odd: dict[int, asyncio.Future[dict[str, Any]]]
+    ) -> None:
+        """Every action of `group` has its answer. Those in `odd` (by place in the group)
+        did not simply apply: each future holds what `execute` would have got (its
+        ticket still unsettled); every other action applied and its ticket is settled."""
+        ...
+
+
+class Group:
+    """Actions of several rows queued as one item of a lane, their lines serialised once,
+    answered in one call (`queue_group`): no future per action."""
+
+    __slots__ = ("actions", "keys", "lines", "owner", "rows", "size", "tickets")
+
+    def __init__(self, owner: GroupOwner) -> None:
+        self.owner = owner
+        self.actions: list[Action] = []
+        self.tickets: list[Ticket] = []
+        self.keys: list[tuple[Any, Any]] = []
+        self.rows: list[int] = []  # each action's row, for the owner
+        self.lines: list[bytes] = []
+        self.size = 0
+
+
+_LaneItem = _Item | Group
+
 #: Action keys that go into the action line (renamed without their underscore where
 #: Elasticsearch's bulk API wants that), as elasticsearch.helpers.expand_action has them.
 _META_KEYS: dict[str, str] = {
@@ -137,7 +172,7 @@ class _Lane:
     __slots__ = ("items", "stopping", "waiter")
 
     def __init__(self) -> None:
-        self.items: deque[_Item] = deque()
+        self.items: deque[_LaneItem] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.stopping = False
 
@@ -161,12 +196,13 @@ _STATUS_ITEMS = "items.*.status,items.*.error"
 class _Batch:
     """The actions of one request and their serialised lines, in the same order."""
 
-    __slots__ = ("awaited", "items", "lines", "size")
+    __slots__ = ("actions", "awaited", "items", "lines", "size")
 
     def __init__(self) -> None:
-        self.items: list[_Item] = []
+        self.items: list[_LaneItem] = []
         self.lines: list[bytes] = []
         self.size = 0
+        self.actions = 0  # a group counts its actions
         self.awaited = False  # an action's caller reads its item (`execute`)
 
 
@@ -283,6 +319,82 @@ class BulkWriter:
             await self._until_done(action, ticket, key, failure)
         finally:
             self.done_with(ticket, key)
+
+    def queue_group(
+        self, owner: GroupOwner, rows: Iterable[tuple[int, Action]]
+    ) -> tuple[list[int], list[Group]]:
+        """Queue the one action of each of several rows (row number, action) as groups,
+        one per lane, their lines serialised now and answered in one call per group
+        (`GroupOwner.group_answered`). Returns the rows it left out, for their owner to
+        queue one by one (`queue_nowait`): an action with no id, one whose document has
+        another unsettled write (its order needs a ticket queue), or one that cannot be
+        serialised or keyed (its failure is the row's own); and the groups it queued.
+        """
+        order, lanes, limits = self._order, self._lanes, self.limits
+        groups: list[Group | None] = [None] * len(lanes)
+        left_out: list[int] = []
+        sealed: list[Group] = []
+        index_headers, dumps = self._index_headers, self._dumps
+        for row, action in rows:
+            doc_id = action.get("_id")
+            try:
+                key = (action.get("_index"), doc_id)
+                if doc_id is None or key in order:
+                    left_out.append(row)
+                    continue
+                number = hash(key) % len(lanes)
+                group = groups[number]
+                if group is None:
+                    group = groups[number] = Group(owner)
+                lines = group.lines
+                before = len(lines)
+                # _lines's usual case, inlined: an index action of ctx.index's shape.
+                if (
+                    len(action) == 4 and type(doc_id) is str
+                    and action.get("_op_type") == "index" and action.keys() == _INDEX_SHAPE
+                    and (prefix := index_headers.get(key[0])) is not None
+                ):
+                    header_line = prefix + orjson.dumps(doc_id) + b"}}"
+                    body_line = dumps(action["_source"])
+                    lines.append(header_line)
+                    lines.append(body_line)
+                    size = len(header_line) + len(body_line) + 2 * _NEWLINE
+                else:
+                    try:
+                        size = self._lines(action, lines)
+                    except BaseException:
+                        del lines[before:]
+                        raise
+            except (SerializationError, RecursionError, orjson.JSONEncodeError, TypeError,
+                    ValueError):
+                left_out.append(row)  # queued alone, it fails as the row's own
+                continue
+            if group.actions and group.size + size > limits.max_chunk_bytes:
+                # Full: sealed as one request's worth; this action starts the next group.
+                carried = lines[before:]
+                del lines[before:]
+                self._seal(group, number)
+                sealed.append(group)
+                group = groups[number] = Group(owner)
+                group.lines.extend(carried)
+            ticket = Ticket(None)
+            order[key] = ticket  # its document's only unsettled write
+            group.actions.append(action)
+            group.tickets.append(ticket)
+            group.keys.append(key)
+            group.rows.append(row)
+            group.size += size
+        for number, group in enumerate(groups):
+            if group is not None and group.actions:
+                self._seal(group, number)
+                sealed.append(group)
+        return left_out, sealed
+
+    def _seal(self, group: Group, number: int) -> None:
+        lane = self._lanes[number]
+        lane.items.append(group)
+        if lane.waiter is not None:
+            lane.wake()
 
     def done_with(self, ticket: Ticket, key: tuple[Any, Any] | None) -> None:
         """The action of `ticket` settled: later writes of its document no longer wait."""
@@ -419,8 +531,22 @@ class BulkWriter:
         """
         batch = _Batch()
         items, limits = lane.items, self.limits
-        while items and len(batch.items) < limits.chunk_size:
+        while items and batch.actions < limits.chunk_size:
             item = items[0]
+            if isinstance(item, Group):
+                if item.owner.done():  # cancelled: its owner let go of its tickets
+                    items.popleft()
+                    continue
+                count = len(item.actions)
+                if batch.actions and (batch.actions + count > limits.chunk_size
+                                      or batch.size + item.size > limits.max_chunk_bytes):
+                    break  # the next request's first
+                items.popleft()
+                batch.items.append(item)
+                batch.lines += item.lines
+                batch.size += item.size
+                batch.actions += count
+                continue
             action, future, ticket = item
             if future.done():
                 items.popleft()
@@ -450,6 +576,7 @@ class BulkWriter:
             items.popleft()
             batch.items.append(item)
             batch.size += size
+            batch.actions += 1
         return batch
 
     def _lines(self, action: Action, lines: list[bytes]) -> int:
@@ -535,6 +662,7 @@ class BulkWriter:
         self.stats.bulk_requests += 1
         sensor = self.stats.sensor
         started = time.perf_counter()
+        count = batch.actions
         try:
             # One body of the serialised lines: the client's NDJSON serializer sends bytes as
             # they are (a list would be copied line by line into a new buffer).
@@ -545,15 +673,12 @@ class BulkWriter:
                 filter_path=_FULL_ITEMS if batch.awaited else _STATUS_ITEMS,
             )
         except ApiError as exc:  # the whole request refused (429, 413, ...): each item so
-            sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
+            sensor.bulk_request_done(count, time.perf_counter() - started, False)
             info = {"error": str(exc), "status": exc.status_code, "exception": exc}
-            for action, future, ticket in batch.items:
-                if not future.done():
-                    op_type = action.get("_op_type", "index")
-                    _resolve(future, action, ticket, op_type, {**info}, self.stats)
+            self._answer_each(batch.items, lambda _: {**info})
             return
         except Exception as exc:  # noqa: BLE001 - any request-level failure is retried
-            sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, False)
+            sensor.bulk_request_done(count, time.perf_counter() - started, False)
             kind = classify(exc)
             self._fail_all(
                 batch.items,
@@ -561,15 +686,24 @@ class BulkWriter:
                        kind if kind is FailureKind.TRANSIENT else FailureKind.HELD),
             )
             return
-        sensor.bulk_request_done(len(batch.items), time.perf_counter() - started, True)
+        sensor.bulk_request_done(count, time.perf_counter() - started, True)
         answers = response.body["items"]
-        if len(answers) != len(batch.items):
+        if len(answers) != count:
             self._fail_all(batch.items, _Retry(
-                f"Elasticsearch answered {len(answers)} items for {len(batch.items)} actions"))
+                f"Elasticsearch answered {len(answers)} items for {count} actions"))
             return
         stats = self.stats
         applied = 0
-        for (action, future, ticket), answer in zip(batch.items, answers, strict=True):
+        at = 0
+        for entry in batch.items:
+            if isinstance(entry, Group):
+                width = len(entry.actions)
+                applied += self._answer_group(entry, answers[at:at + width])
+                at += width
+                continue
+            action, future, ticket = entry
+            answer = answers[at]
+            at += 1
             ((op_type, item),) = answer.items()
             status = item.get("status", 500)
             # _resolve, inlined for the usual case: applied, the document's only write.
@@ -580,12 +714,72 @@ class BulkWriter:
                 _resolve(future, action, ticket, op_type, item, stats)
         stats.writes_applied += applied
 
-    @staticmethod
-    def _fail_all(batch: Iterable[_Item], failure: _Retry) -> None:
-        for _, future, ticket in batch:
+    def _answer_group(self, group: Group, answers: list[dict[str, Any]]) -> int:
+        """Settle a group from its answers; returns how many of its actions applied. The
+        usual answer (applied, the document's only write) settles its ticket here; any
+        other goes to the owner as the future `execute` would have had."""
+        owner = group.owner
+        if owner.done():  # cancelled meanwhile: it let go of its tickets then
+            return 0
+        order = self._order
+        odd: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        applied = 0
+        for at, (answer, ticket) in enumerate(zip(answers, group.tickets, strict=True)):
+            ((op_type, item),) = answer.items()
+            status = item.get("status", 500)
+            if 200 <= status < 300 and ticket.queue is None and ticket.settled is None:
+                del order[group.keys[at]]
+                applied += 1
+            else:
+                odd[at] = future = self._new_future()
+                _resolve(future, group.actions[at], ticket, op_type, item, self.stats)
+        owner.group_answered(group, odd)
+        return applied
+
+    def _answer_each(
+        self, entries: Iterable[_LaneItem], info: Callable[[Action], dict[str, Any]]
+    ) -> None:
+        """Every action answered with the same item (a request refused as a whole)."""
+        for entry in entries:
+            if isinstance(entry, Group):
+                if entry.owner.done():
+                    continue
+                odd = {}
+                for at, (action, ticket) in enumerate(
+                    zip(entry.actions, entry.tickets, strict=True)
+                ):
+                    odd[at] = future = self._new_future()
+                    _resolve(future, action, ticket, action.get("_op_type", "index"),
+                             info(action), self.stats)
+                entry.owner.group_answered(entry, odd)
+                continue
+            action, future, ticket = entry
+            if not future.done():
+                _resolve(future, action, ticket, action.get("_op_type", "index"),
+                         info(action), self.stats)
+
+    def _fail_all(self, entries: Iterable[_LaneItem], failure: _Retry) -> None:
+        for entry in entries:
+            if isinstance(entry, Group):
+                if entry.owner.done():
+                    continue
+                odd = {}
+                for at, ticket in enumerate(entry.tickets):
+                    ticket.failed = True
+                    odd[at] = future = self._new_future()
+                    future.set_exception(failure)
+                entry.owner.group_answered(entry, odd)
+                continue
+            _, future, ticket = entry
             if not future.done():
                 ticket.failed = True
                 future.set_exception(failure)
+
+    def _new_future(self) -> asyncio.Future[dict[str, Any]]:
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        return loop.create_future()
 
 
 def _refuse_unserialisable(

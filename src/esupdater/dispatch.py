@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextlib import suppress
 from functools import partial
 from types import CoroutineType
@@ -58,11 +58,13 @@ class KeyedDispatcher:
         self._barriers: dict[tuple[Hashable, ...], asyncio.Future[None]] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._claims_beyond = 0  # a holder of n claims is one task standing for n jobs
 
     @property
     def in_flight(self) -> int:
-        """Jobs admitted and not finished, including those waiting for their key."""
-        return len(self._tasks)
+        """Jobs admitted and not finished, including those waiting for their key (a holder
+        of claims counts its keys)."""
+        return len(self._tasks) + self._claims_beyond
 
     def in_flight_for(self, group: Hashable) -> int:
         return len(self._groups.get(group, ()))
@@ -172,6 +174,79 @@ class KeyedDispatcher:
             self._predecessors[slot] = (previous,)
             self._begin_after(previous, slot, begin)
         return True
+
+    def claim(self, key: Hashable, holder: asyncio.Future[None]) -> bool:
+        """Take a free slot for `key` if one is free now, nobody waits for one, `key` has
+        nothing in flight and no barrier is unfinished: then `holder` stands for it in the
+        key's order (later jobs of the key wait for it) until `release_claims`. Work of
+        several keys that starts at once (a fetch's mapped rows) holds them so, with one
+        holder; `admit` must put the holder in the pool before the caller awaits anything.
+        """
+        if not self._free or self._queue or self._barriers:
+            return False
+        tails = self._tails
+        if key in tails:
+            return False
+        self._free -= 1
+        tails[key] = holder
+        return True
+
+    def holder_of(self, key: Hashable) -> asyncio.Future[None] | None:
+        """The last unfinished job (or holder of claims) of `key`, if any."""
+        return self._tails.get(key)
+
+    def claim_again(self, key: Hashable, holder: asyncio.Future[None]) -> bool:
+        """Take a free slot for a later job of `key` if `holder` holds the key (see
+        `claim`); the holder then orders the key's jobs itself."""
+        if not self._free or self._queue or self._tails.get(key) is not holder:
+            return False
+        self._free -= 1
+        if holder in self._tasks:  # admitted already: one more job it stands for
+            self._claims_beyond += 1
+        return True
+
+    def release_keys(self, keys: Iterable[Hashable], holder: asyncio.Future[None]) -> None:
+        """`holder` is done with `keys` before its end (their rows are done): their next
+        jobs need not wait for the rest of it. Its slots stay held until `release_claims`."""
+        tails = self._tails
+        for key in keys:
+            if tails.get(key) is holder:
+                del tails[key]
+
+    def admit(
+        self, holder: asyncio.Future[None], claims: int, group: Hashable | None = None
+    ) -> None:
+        """Put a holder of `claims` claims in the pool: drained, and cancelled with its
+        group."""
+        self._claims_beyond += claims - 1
+        self._tasks.add(holder)
+        if group is not None:
+            self._join(group, holder)
+
+    def release_claims(
+        self, holder: asyncio.Future[None], keys: list[Hashable], group: Hashable | None
+    ) -> None:
+        """`holder` (resolved or cancelled) gives back its slots and keys."""
+        self._free += len(keys)
+        if self._queue:
+            self._hand_over()
+        tails = self._tails
+        for key in keys:
+            if tails.get(key) is holder:
+                del tails[key]
+        tasks = self._tasks
+        if holder in tasks:
+            tasks.discard(holder)
+            self._claims_beyond -= len(keys) - 1
+        if group is not None:
+            members = self._groups.get(group)
+            if members is not None:
+                members.discard(holder)
+                if not members:
+                    del self._groups[group]
+                    self._wake_drainers(group)
+        if not tasks:
+            self._wake_drainers(None)
 
     def release(
         self, key: Hashable, group: Hashable | None, slot: asyncio.Future[None]

@@ -20,6 +20,7 @@ from esupdater.deadletter import Failure, PartitionGate, SetAside, Unapplied
 from esupdater.decoding import DecodeError, Decoder
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.handling import HandlerRunner, error_class
+from esupdater.mapped_batch import MappedBatch
 from esupdater.mapped_rows import MappedRow, MappedRows
 from esupdater.offsets import OffsetTracker, PartitionOffsets
 from esupdater.routing import Registry, Route
@@ -56,11 +57,14 @@ class Feeder:
     #: into it, with no task per row (esupdater.mapped_rows).
     writer: BulkWriter | None = None
     _mapped_rows: MappedRows | None = field(init=False, default=None)
+    #: Mapped rows claimed together at most: one request's worth.
+    _batch_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if self.writer is not None:
             self._mapped_rows = MappedRows(self.writer, self.dispatcher, self.stats,
                                            self._mapped_again)
+            self._batch_size = self.writer.limits.chunk_size
 
     async def feed(
         self, tp: TopicPartition, offset: int, value: bytes | None, admit: Admit,
@@ -94,10 +98,17 @@ class Feeder:
         # partition to a new generation before it is forgotten.
         partition = self.offsets.partition(tp)
         mapped = self._mapped_rows
-        take_nowait = dispatcher.take_nowait
+        take_nowait, claim = dispatcher.take_nowait, dispatcher.claim
+        claim_again, holder_of = dispatcher.claim_again, dispatcher.holder_of
         loop = asyncio.get_running_loop()  # once per batch: each lookup costs a getpid
+        # Mapped rows whose keys have nothing in flight, claimed together (mapped_batch);
+        # sent before anything here awaits, and at the end.
+        batch: MappedBatch | None = None
+        batch_size = self._batch_size
         for record in records:
             if not admit():
+                if batch is not None:  # (never so: a revocation comes while this awaits)
+                    batch.cancel()
                 return False  # revoked while we were feeding: the next owner replays it
             offset, value = record.offset, record.value
             last = partition.last_tracked
@@ -110,6 +121,9 @@ class Feeder:
             try:
                 changes = decode(value, position)
             except DecodeError as exc:
+                if batch is not None:
+                    batch.send()
+                    batch = None
                 if not await self._submit_undecodable(tp, position, value, exc, admit):
                     return False
                 if fed is not None:
@@ -134,6 +148,9 @@ class Feeder:
             stats.rows += len(routed)
             for change, routes in routed:
                 if change.is_ddl:
+                    if batch is not None:
+                        batch.send()
+                        batch = None
                     # A barrier: after every earlier change of its table, before every later.
                     submitted = await dispatcher.submit(
                         change.key, partial(row, partition, change, routes, value), group=tp,
@@ -147,24 +164,53 @@ class Feeder:
                         (mapper := routes[0].mapper) is not None and len(routes) == 1
                         and after is None and mapped is not None
                     ):
-                        # A mapped row: no task, no job (see _map).
-                        if not take_nowait() and not await dispatcher.take(admit):
-                            return False
-                        if not mapped.start(loop, key, tp, partition, change, routes[0], mapper,
-                                            value):
-                            # After a DDL barrier: a task, as for a handler.
-                            dispatcher.start(key, partial(row, partition, change, routes, value),
-                                             group=tp)
+                        # A mapped row: no task, no job (see mapped_batch, mapped_rows).
+                        if batch is None:
+                            batch = MappedBatch(loop, mapped, tp, partition)
+                        entry = (key, change, routes[0], mapper, value)
+                        if claim(key, batch):
+                            batch.entries.append(entry)
+                        elif claim_again(key, batch):  # its key's earlier row is in it
+                            batch.follow(entry)
+                        elif (
+                            type(holder := holder_of(key)) is MappedBatch
+                            and holder.group == tp and claim_again(key, holder)
+                        ):  # its key's row is in an earlier batch of the partition
+                            holder.follow(entry)
+                            continue
+                        else:  # the pool is full, a barrier waits, or a job holds its key
+                            if not take_nowait():
+                                if batch.entries:
+                                    batch.send()
+                                batch = None
+                                if not await dispatcher.take(admit):
+                                    return False
+                            if not mapped.start(loop, key, tp, partition, change, routes[0],
+                                                mapper, value):
+                                # After a DDL barrier: a task, as for a handler.
+                                dispatcher.start(
+                                    key, partial(row, partition, change, routes, value), group=tp
+                                )
+                            continue
+                        if len(batch.entries) >= batch_size:
+                            batch.send()
+                            batch = None
                         continue
                     job = partial(row, partition, change, routes, value)
                     submitted = submit_nowait(key, job, group=tp, after=after)
                     if submitted is None:  # the pool is full: wait for a slot
+                        if batch is not None:
+                            if batch.entries:
+                                batch.send()
+                            batch = None
                         submitted = await dispatcher.submit(key, job, group=tp, after=after,
                                                             admit=admit)
                 if submitted is None:
                     return False
             if fed is not None:
                 fed(partition.pending)
+        if batch is not None and batch.entries:
+            batch.send()
         return True
 
     async def _mapped_again(self, row: MappedRow, failed: Exception) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from esupdater.actions import Action
 from esupdater.bulk import BulkWriter, Ticket
@@ -28,6 +28,12 @@ from esupdater.stats import Stats
 
 #: How a row goes on after a failed first attempt: (row, what failed) -> the handler path.
 GoOn = Callable[["MappedRow", Exception], Awaitable[None]]
+
+
+class RowOwner(Protocol):
+    """What holds a mapped row's slot and key for it, told when the row is done."""
+
+    def row_finished(self, row: MappedRow) -> None: ...
 
 
 class MappedRows:
@@ -60,6 +66,10 @@ class MappedRows:
             row.actions = []
             self.failed(row, exc)
             return
+        self.queue(row, actions)
+
+    def queue(self, row: MappedRow, actions: list[Action]) -> None:
+        """Queue a mapped row's actions into the writer, one by one."""
         row.actions = actions
         writer = self.writer
         try:
@@ -161,8 +171,8 @@ class MappedRow(asyncio.Future[None]):
     (`set_result` / `set_exception` below are the writer's answer). Cancelling it
     (revocation, stop) withdraws the writes not yet sent."""
 
-    __slots__ = ("actions", "change", "futures", "group", "key", "left", "mapper", "partition",
-                 "route", "rows", "started", "task", "tickets", "value")
+    __slots__ = ("actions", "change", "futures", "group", "key", "left", "mapper", "owner",
+                 "partition", "route", "rows", "started", "task", "tickets", "value")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, rows: MappedRows, key: Hashable, group: Hashable,
@@ -185,6 +195,9 @@ class MappedRow(asyncio.Future[None]):
         self.futures: list[asyncio.Future[dict[str, Any]]] | None = None  # several actions
         self.left = 0
         self.task: asyncio.Task[None] | None = None
+        #: The batch it was fed in (esupdater.mapped_batch), which holds its slot and key
+        #: for it; None when it holds its own in the dispatcher.
+        self.owner: RowOwner | None = None
 
     def begin(self) -> None:
         """Its key's earlier rows are done (the dispatcher's call)."""
@@ -212,7 +225,10 @@ class MappedRow(asyncio.Future[None]):
     def finish(self) -> None:
         """Done: resolved, and the slot given back."""
         asyncio.Future.set_result(self, None)
-        self.rows.dispatcher.release(self.key, self.group, self)
+        if self.owner is None:
+            self.rows.dispatcher.release(self.key, self.group, self)
+        else:
+            self.owner.row_finished(self)
 
     def ended(self, task: asyncio.Task[None]) -> None:
         """The handler path's task ended: it resolved the row, or the row was cancelled."""
@@ -235,5 +251,6 @@ class MappedRow(asyncio.Future[None]):
             writer.done_with(ticket, key)
         self.tickets = []
         cancelled = super().cancel(msg)
-        rows.dispatcher.release(self.key, self.group, self)
+        if self.owner is None:
+            rows.dispatcher.release(self.key, self.group, self)
         return cancelled

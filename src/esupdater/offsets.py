@@ -90,6 +90,25 @@ class PartitionOffsets:
             self._advance()
         return self._appended.pop(offset, None)
 
+    def rows_done(self, offsets: list[int]) -> list[float]:
+        """`row_done` for one row of each record at `offsets`, in one call; the Kafka times
+        of the records this finished (those tracked with one)."""
+        rows_left = self._rows_left
+        appended: list[float] = []
+        advance = False
+        for offset in offsets:
+            left = rows_left.get(offset)
+            if left is None or left == 0:
+                raise KeyError(f"offset {offset} has no row job outstanding")
+            rows_left[offset] = left - 1
+            if left == 1:
+                advance = True
+                if self._appended and (at := self._appended.pop(offset, None)) is not None:
+                    appended.append(at)
+        if advance and self._order and rows_left[self._order[0]] == 0:
+            self._advance()
+        return appended
+
     def _advance(self) -> None:
         order, rows_left = self._order, self._rows_left
         while order and rows_left[order[0]] == 0:
