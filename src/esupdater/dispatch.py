@@ -195,6 +195,14 @@ class KeyedDispatcher:
         """The last unfinished job (or holder of claims) of `key`, if any."""
         return self._tails.get(key)
 
+    def claim_held(self, key: Hashable, holder: asyncio.Future[None]) -> bool:
+        """`claim` with the slot the caller holds already (`take`): False, the slot still
+        held, if `key` has something in flight or a barrier is unfinished."""
+        if self._barriers or key in self._tails:
+            return False
+        self._tails[key] = holder
+        return True
+
     def claim_again(self, key: Hashable, holder: asyncio.Future[None]) -> bool:
         """Take a free slot for a later job of `key` if `holder` holds the key (see
         `claim`); the holder then orders the key's jobs itself."""
@@ -223,11 +231,21 @@ class KeyedDispatcher:
         if group is not None:
             self._join(group, holder)
 
+    def release_slots(self, count: int) -> None:
+        """An admitted holder's `count` rows are done: their slots are free again (its
+        keys go with `release_keys`)."""
+        self._claims_beyond -= count
+        self._free += count
+        if self._queue:
+            self._hand_over()
+
     def release_claims(
-        self, holder: asyncio.Future[None], keys: list[Hashable], group: Hashable | None
+        self, holder: asyncio.Future[None], keys: list[Hashable], slots: int,
+        group: Hashable | None,
     ) -> None:
-        """`holder` (resolved or cancelled) gives back its slots and keys."""
-        self._free += len(keys)
+        """`holder` (resolved or cancelled) gives back its `slots` slots and `keys` still
+        held, and leaves the pool."""
+        self._free += slots
         if self._queue:
             self._hand_over()
         tails = self._tails
@@ -237,7 +255,7 @@ class KeyedDispatcher:
         tasks = self._tasks
         if holder in tasks:
             tasks.discard(holder)
-            self._claims_beyond -= len(keys) - 1
+            self._claims_beyond -= slots - 1
         if group is not None:
             members = self._groups.get(group)
             if members is not None:

@@ -100,6 +100,7 @@ class Feeder:
         mapped = self._mapped_rows
         take_nowait, claim = dispatcher.take_nowait, dispatcher.claim
         claim_again, holder_of = dispatcher.claim_again, dispatcher.holder_of
+        claim_held = dispatcher.claim_held
         loop = asyncio.get_running_loop()  # once per batch: each lookup costs a getpid
         # Mapped rows whose keys have nothing in flight, claimed together (mapped_batch);
         # sent before anything here awaits, and at the end.
@@ -185,6 +186,11 @@ class Feeder:
                                 batch = None
                                 if not await dispatcher.take(admit):
                                     return False
+                                # The slot taken starts the next batch, if it can.
+                                batch = MappedBatch(loop, mapped, tp, partition)
+                                if claim_held(key, batch):
+                                    batch.entries.append(entry)
+                                    continue
                             if not mapped.start(loop, key, tp, partition, change, routes[0],
                                                 mapper, value):
                                 # After a DDL barrier: a task, as for a handler.

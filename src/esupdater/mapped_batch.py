@@ -34,12 +34,14 @@ _Entry = tuple[Hashable, Change, Route, Mapper, "bytes | None"]
 class MappedBatch(asyncio.Future[None]):
     """Mapped rows of one partition's fetch, claimed together; resolved when all are done.
 
-    A key may come back in the same fetch (an INSERT, then an UPDATE of the row): its later
-    rows follow, each mapped and written once the one before it is done, as its next job
-    would be. Cancelling the batch (revocation, stop) withdraws the writes not yet sent and
-    cancels the rows that went on alone."""
+    A key may come back in the same fetch (an INSERT, then an UPDATE of the row), or in a
+    later one while its row here is unfinished: its later rows follow here, each mapped and
+    written once the one before it is done, as the key's next job would be. A row that is
+    done gives back its slot and, if the last of its key here, its key, and the batch lets
+    go of it: a batch pins no more than its unfinished rows. Cancelling it (revocation,
+    stop) withdraws the writes not yet sent and cancels the rows that went on alone."""
 
-    __slots__ = ("entries", "followers", "group", "groups", "left", "partition", "rows",
+    __slots__ = ("entries", "followers", "group", "groups", "held", "left", "partition", "rows",
                  "slow", "started")
 
     def __init__(
@@ -50,13 +52,14 @@ class MappedBatch(asyncio.Future[None]):
         self.rows = rows
         self.group = group
         self.partition = partition
-        self.entries: list[_Entry] = []
+        self.entries: list[_Entry | None] = []  # None once done
         # The rows of a key already in the batch, by key, in order: not mapped until the
         # row before is done.
         self.followers: dict[Hashable, deque[int]] = {}
         self.groups: list[Group] = []  # queued, not answered yet
-        self.slow: list[MappedRow] = []  # rows gone on alone
+        self.slow: dict[MappedRow, int] = {}  # unfinished rows gone on alone: their number
         self.left = 0  # rows not done yet
+        self.held = 0  # slots held, once sent
         self.started = 0.0
 
     def follow(self, entry: _Entry) -> None:
@@ -70,6 +73,7 @@ class MappedBatch(asyncio.Future[None]):
         self.entries.append(entry)
         if self.started:  # sent already: one more row before the batch is done
             self.left += 1
+            self.held += 1
 
     def send(self) -> None:
         """Map the claimed rows and queue their writes; the batch enters the pool (once,
@@ -77,13 +81,16 @@ class MappedBatch(asyncio.Future[None]):
         entries = self.entries
         self.rows.dispatcher.admit(self, len(entries), self.group)
         self.started = time.perf_counter()
+        self.held = len(entries)
         self.left = len(entries) + 1  # one more while sending: nothing finishes it meanwhile
         if self.followers:
             following = {number for queue in self.followers.values() for number in queue}
             self._map([n for n in range(len(entries)) if n not in following])
         else:
             self._map(range(len(entries)))
-        self._one_done()
+        self.left -= 1
+        if not self.left:
+            self._finish()
 
     def _map(self, numbers: Iterable[int]) -> None:
         """Map rows `numbers` and queue their writes: grouped, or alone where they must."""
@@ -92,7 +99,7 @@ class MappedBatch(asyncio.Future[None]):
         single: list[tuple[int, Action]] = []
         alone: list[tuple[int, list[Action]]] = []
         for number in numbers:
-            _, change, _, mapper, _ = entries[number]
+            _, change, _, mapper, _ = entries[number]  # type: ignore[misc]  # unfinished
             try:
                 result = mapper(change)
                 if type(result) is dict:  # one action: actions_of's first case
@@ -119,12 +126,12 @@ class MappedBatch(asyncio.Future[None]):
 
     def _alone(self, number: int) -> MappedRow:
         """Row `number` goes on as a MappedRow of its own, its slot and key still held here."""
-        key, change, route, mapper, value = self.entries[number]
+        key, change, route, mapper, value = self.entries[number]  # type: ignore[misc]
         row = MappedRow(self.get_loop(), self.rows, key, self.group, self.partition, change,
                         route, mapper, value)
         row.owner = self
         row.started = self.started
-        self.slow.append(row)
+        self.slow[row] = number
         return row
 
     def group_answered(
@@ -149,7 +156,8 @@ class MappedBatch(asyncio.Future[None]):
                     continue
                 # Not simply applied but done all the same (stale, nothing to delete).
                 rows.writer.done_with(group.tickets[at], group.keys[at])
-            finished.append(entries[number])
+            finished.append(entries[number])  # type: ignore[arg-type]  # unfinished till now
+            entries[number] = None
         appended = self.partition.rows_done([entry[1].position.offset for entry in finished])
         if appended:
             now = time.time()
@@ -163,13 +171,23 @@ class MappedBatch(asyncio.Future[None]):
                 sensor.handler_done(route, change, seconds, "done")
         done = len(finished)
         stats.rows_done += done
-        self.left -= done
-        self._next_of([entry[0] for entry in finished])
+        self._after([entry[0] for entry in finished])
 
-    def _next_of(self, keys: list[Hashable]) -> None:
-        """Rows of `keys` are done: the rows following them are mapped and written now,
-        and a key with none left is given back (its next row need not wait for the rest
-        of the batch); then the batch ends if nothing is left."""
+    def row_finished(self, row: MappedRow) -> None:
+        """A row that went on alone is done."""
+        number = self.slow.pop(row)
+        self.entries[number] = None
+        self._after([row.key])
+
+    def _after(self, keys: list[Hashable]) -> None:
+        """One row of each of `keys` is done: its slot is free, the row following it (if
+        any) is mapped and written now, and a key with none left is given back (its next
+        row need not wait for the rest of the batch); the batch ends if nothing is left."""
+        done = len(keys)
+        self.left -= done
+        self.held -= done
+        dispatcher = self.rows.dispatcher
+        dispatcher.release_slots(done)
         followers = self.followers
         if followers:
             numbers = []
@@ -187,17 +205,7 @@ class MappedBatch(asyncio.Future[None]):
                 self.left += 1  # while mapping: nothing finishes the batch meanwhile
                 self._map(numbers)
                 self.left -= 1
-        self.rows.dispatcher.release_keys(keys, self)
-        if not self.left:
-            self._finish()
-
-    def row_finished(self, row: MappedRow) -> None:
-        """A row that went on alone is done."""
-        self.left -= 1
-        self._next_of([row.key])
-
-    def _one_done(self) -> None:
-        self.left -= 1
+        dispatcher.release_keys(keys, self)
         if not self.left:
             self._finish()
 
@@ -206,10 +214,13 @@ class MappedBatch(asyncio.Future[None]):
         self._release()
 
     def _release(self) -> None:
+        """Out of the pool, with the slots and keys it still holds."""
         entries, self.entries = self.entries, []
-        self.slow = []
+        self.slow = {}
         self.followers = {}
-        self.rows.dispatcher.release_claims(self, [entry[0] for entry in entries], self.group)
+        keys = [entry[0] for entry in entries if entry is not None]
+        self.rows.dispatcher.release_claims(self, keys, self.held, self.group)
+        self.held = 0
 
     def cancel(self, msg: Any = None) -> bool:
         if self.done():
@@ -221,10 +232,11 @@ class MappedBatch(asyncio.Future[None]):
             for ticket, key in zip(group.tickets, group.keys, strict=True):
                 writer.done_with(ticket, key)
             for number in group.rows:
-                _, change, route, _, _ = self.entries[number]
-                sensor.handler_done(route, change, seconds, "cancelled")
+                entry = self.entries[number]
+                if entry is not None:
+                    sensor.handler_done(entry[2], entry[1], seconds, "cancelled")
         self.groups = []
-        for row in self.slow:
+        for row in list(self.slow):
             row.cancel(msg)
         cancelled = super().cancel(msg)
         self._release()

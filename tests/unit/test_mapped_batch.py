@@ -252,3 +252,24 @@ async def test_a_key_done_in_a_batch_is_free_before_the_rest_of_the_batch() -> N
         assert svc.committable() == 1  # offset 1 (users/2) holds the commit point back
         assert svc.stats.rows_done == 2
         failing_now = False
+
+
+async def test_a_row_done_in_a_batch_gives_back_its_slot_and_is_let_go_of() -> None:
+    failing_now = True
+    es = FakeElasticsearch(fail_item=failing(
+        lambda n, doc_id: (429, "es_rejected_execution_exception")
+        if doc_id == "2" and failing_now else None))
+    async with service(mapped(), es, max_rows=2, writer_backoff=Backoff(5.0, 5.0)) as svc:
+        await svc.feed(record(0, [(1, 1)]), record(1, [(2, 1)]))
+        await wait_until(lambda: ("users", "1") in es.docs)
+        await settle()
+        (batch,) = svc.dispatcher._tasks
+        assert isinstance(batch, MappedBatch)
+        assert batch.entries[0] is None  # users/1: done, not pinned by the batch
+        assert svc.dispatcher.in_flight == 1  # users/2's row, waiting for its retry
+        # The pool holds two rows: with users/1's slot free, users/3 goes through now.
+        await svc.feed(record(2, [(3, 1)]))
+        await wait_until(lambda: ("users", "3") in es.docs)
+        assert svc.stats.rows_done == 2
+        assert svc.committable() == 1
+        failing_now = False

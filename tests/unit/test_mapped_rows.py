@@ -734,10 +734,10 @@ async def test_cancelling_a_row_just_as_its_retry_task_is_made_lets_go_of_its_do
 
         def retrying() -> bool:
             # The failed write's row goes on alone, in a task of its own.
-            return bool(held.slow) and held.slow[0].task is not None
+            return bool(held.slow) and next(iter(held.slow)).task is not None
 
         await wait_until(retrying)
-        task = cast(asyncio.Task[None], held.slow[0].task)
+        task = cast(asyncio.Task[None], next(iter(held.slow)).task)
         assert inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED
         svc.dispatcher.cancel_all()
         await svc.settled()
