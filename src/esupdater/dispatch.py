@@ -203,12 +203,18 @@ class KeyedDispatcher:
         self._tails[key] = holder
         return True
 
-    def claim_again(self, key: Hashable, holder: asyncio.Future[None]) -> bool:
-        """Take a free slot for a later job of `key` if `holder` holds the key (see
-        `claim`); the holder then orders the key's jobs itself."""
-        if not self._free or self._queue or self._tails.get(key) is not holder:
+    def claim_again(
+        self, key: Hashable, holder: asyncio.Future[None], *, held: bool = False
+    ) -> bool:
+        """Take a free slot (or, `held`, the one the caller holds: `take`) for a later job
+        of `key` if `holder` holds the key (see `claim`); the holder then orders the key's
+        jobs itself."""
+        if self._tails.get(key) is not holder:
             return False
-        self._free -= 1
+        if not held:
+            if not self._free or self._queue:
+                return False
+            self._free -= 1
         if holder in self._tasks:  # admitted already: one more job it stands for
             self._claims_beyond += 1
         return True

@@ -175,7 +175,7 @@ class Feeder:
                             batch.follow(entry)
                         elif (
                             type(holder := holder_of(key)) is MappedBatch
-                            and holder.group == tp and claim_again(key, holder)
+                            and holder.takes(tp) and claim_again(key, holder)
                         ):  # its key's row is in an earlier batch of the partition
                             holder.follow(entry)
                             continue
@@ -186,7 +186,16 @@ class Feeder:
                                 batch = None
                                 if not await dispatcher.take(admit):
                                     return False
-                                # The slot taken starts the next batch, if it can.
+                                # The slot taken follows its key's row in a batch, or
+                                # starts the next batch, if it can: a job placed after a
+                                # batch waits for all of it.
+                                if (
+                                    type(holder := holder_of(key)) is MappedBatch
+                                    and holder.takes(tp)
+                                    and claim_again(key, holder, held=True)
+                                ):
+                                    holder.follow(entry)
+                                    continue
                                 batch = MappedBatch(loop, mapped, tp, partition)
                                 if claim_held(key, batch):
                                     batch.entries.append(entry)

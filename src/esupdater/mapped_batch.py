@@ -31,6 +31,10 @@ from esupdater.telemetry import NullSensor
 _Entry = tuple[Hashable, Change, Route, Mapper, "bytes | None"]
 
 
+#: Rows a batch takes at most, followers included: beyond, a key's later rows go on alone.
+_MOST_ROWS = 4096
+
+
 class MappedBatch(asyncio.Future[None]):
     """Mapped rows of one partition's fetch, claimed together; resolved when all are done.
 
@@ -61,6 +65,12 @@ class MappedBatch(asyncio.Future[None]):
         self.left = 0  # rows not done yet
         self.held = 0  # slots held, once sent
         self.started = 0.0
+
+    def takes(self, group: Hashable) -> bool:
+        """Whether a later row of a key it holds may follow here: a row of its partition,
+        while the batch is not too long-lived (a job placed after a batch, a primary-key
+        change's, waits for all of it)."""
+        return group == self.group and len(self.entries) < _MOST_ROWS
 
     def follow(self, entry: _Entry) -> None:
         """Add a row whose key this batch holds (the caller took its slot with

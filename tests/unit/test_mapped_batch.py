@@ -20,6 +20,7 @@ from esupdater.mapped_batch import MappedBatch
 from esupdater.stats import Stats
 from tests.unit.fake_elasticsearch import FakeElasticsearch
 from tests.unit.test_mapped_rows import (
+    TP,
     QUICK,
     HeldElasticsearch,
     counted,
@@ -273,3 +274,24 @@ async def test_a_row_done_in_a_batch_gives_back_its_slot_and_is_let_go_of() -> N
         assert svc.stats.rows_done == 2
         assert svc.committable() == 1
         failing_now = False
+
+
+async def test_a_row_let_in_by_a_freed_slot_follows_its_key_in_its_batch() -> None:
+    """The pool is full; a slot frees up while the row's key is in a batch that has another
+    unfinished row: the row follows its key's row there, and does not wait for all of it."""
+    slow_doc_failing = True
+    es = FakeElasticsearch(fail_item=failing(
+        lambda n, doc_id: (429, "es_rejected_execution_exception")
+        if (doc_id == "1" and n == 1) or (doc_id == "3" and slow_doc_failing) else None))
+    async with service(mapped(), es, max_rows=3, writer_backoff=Backoff(0.01, 0.02)) as svc:
+        feeding = asyncio.create_task(svc.feeder.feed_records(
+            TP, [record(0, [(1, 1)]), record(1, [(3, 1)]), record(2, [(2, 1)]),
+                 record(3, [(1, 2)])], lambda: True))
+        await wait_until(lambda: es.docs.get(("users", "1"), {}).get("v") == 2)
+        assert ("users", "3") not in es.docs  # its batch is not done
+        assert len(svc.dispatcher._tasks) == 1  # one batch: the row followed there
+        slow_doc_failing = False
+        assert await feeding
+        await svc.settled()
+        assert svc.committable() == 4
+        assert svc.handler_rows == []
