@@ -20,8 +20,8 @@ from esupdater.mapped_batch import MappedBatch
 from esupdater.stats import Stats
 from tests.unit.fake_elasticsearch import FakeElasticsearch
 from tests.unit.test_mapped_rows import (
-    TP,
     QUICK,
+    TP,
     HeldElasticsearch,
     counted,
     failing,
