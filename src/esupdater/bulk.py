@@ -119,11 +119,14 @@ class GroupOwner(Protocol):
         ...
 
     def group_answered(
-        self, group: Group, odd: dict[int, asyncio.Future[dict[str, Any]]]
+        self, group: Group, odd: dict[int, asyncio.Future[dict[str, Any]]],
+        answers: list[dict[str, Any]] | None,
     ) -> None:
         """Every action of `group` has its answer. Those in `odd` (by place in the group)
         did not simply apply: each future holds what `execute` would have got (its
-        ticket still unsettled); every other action applied and its ticket is settled."""
+        ticket still unsettled); every other action applied and its ticket is settled.
+        `answers`: the bulk response's items in the group's order (`{op_type: item}`),
+        None when every action is in `odd`."""
         ...
 
 
@@ -307,16 +310,16 @@ class BulkWriter:
     async def finish(
         self, action: Action, ticket: Ticket, key: tuple[Any, Any] | None,
         failure: BaseException | None,
-    ) -> None:
+    ) -> dict[str, Any] | None:
         """What `execute` does once a `queue_nowait` attempt ended with `failure`: retried
-        (transient, held) in the document's order until done, or raised (refused); then
-        `done_with`."""
+        (transient, held) in the document's order until done (its item returned), or
+        raised (refused); then `done_with`."""
         try:
             if failure is None:
-                return
+                return None
             if not isinstance(failure, _Retry):
                 raise failure
-            await self._until_done(action, ticket, key, failure)
+            return await self._until_done(action, ticket, key, failure)
         finally:
             self.done_with(ticket, key)
 
@@ -733,7 +736,7 @@ class BulkWriter:
             else:
                 odd[at] = future = self._new_future()
                 _resolve(future, group.actions[at], ticket, op_type, item, self.stats)
-        owner.group_answered(group, odd)
+        owner.group_answered(group, odd, answers)
         return applied
 
     def _answer_each(
@@ -751,7 +754,7 @@ class BulkWriter:
                     odd[at] = future = self._new_future()
                     _resolve(future, action, ticket, action.get("_op_type", "index"),
                              info(action), self.stats)
-                entry.owner.group_answered(entry, odd)
+                entry.owner.group_answered(entry, odd, None)
                 continue
             action, future, ticket = entry
             if not future.done():
@@ -768,7 +771,7 @@ class BulkWriter:
                     ticket.failed = True
                     odd[at] = future = self._new_future()
                     future.set_exception(failure)
-                entry.owner.group_answered(entry, odd)
+                entry.owner.group_answered(entry, odd, None)
                 continue
             _, future, ticket = entry
             if not future.done():

@@ -14,6 +14,7 @@ from esupdater import actions
 from esupdater.actions import Action
 from esupdater.bulk import BulkSink
 from esupdater.change import Change
+from esupdater.driven import PendingWrite
 from esupdater.errors import UnawaitedCallError
 
 Result = Coroutine[Any, Any, dict[str, Any]]
@@ -33,7 +34,7 @@ class Context:
     (its offset would otherwise be committed with nothing written).
     """
 
-    __slots__ = ("_log", "_writes", "change", "es", "sink")
+    __slots__ = ("_log", "_writes", "change", "driving", "es", "sink")
 
     def __init__(self, sink: BulkSink, es: AsyncElasticsearch | None, change: Change) -> None:
         self.sink = sink
@@ -44,6 +45,9 @@ class Context:
         # a finished coroutine has no frame. Any: typing's Coroutine does not declare
         # cr_frame, types.CoroutineType does.
         self._writes: list[Any] = []
+        #: True while the batch running the handler steps its coroutine (esupdater.driven):
+        #: a write awaited then goes to that batch rather than to a future of its own.
+        self.driving = False
 
     es: AsyncElasticsearch
     """The client itself, for anything the helpers below do not cover."""
@@ -143,11 +147,18 @@ class Context:
         return UnawaitedCallError("; ".join(parts))
 
     def _write(self, method: str, action: Action) -> Result:
-        coroutine = self.sink.execute(action)
+        coroutine = self._driven(action) if self.driving else self.sink.execute(action)
         writes = self._writes
         writes.append(method)
         writes.append(coroutine)
         return coroutine
+
+    async def _driven(self, action: Action) -> dict[str, Any]:
+        """A write called while the batch steps the handler: queued by the batch if still
+        so when awaited, else (awaited later, in a task) as any other."""
+        if self.driving:
+            return await PendingWrite(action)
+        return await self.sink.execute(action)
 
     async def _gather(self, actions: Iterable[Action]) -> list[dict[str, Any]]:
         results = await asyncio.gather(

@@ -63,7 +63,7 @@ class Feeder:
     def __post_init__(self) -> None:
         if self.writer is not None:
             self._mapped_rows = MappedRows(self.writer, self.dispatcher, self.stats,
-                                           self._mapped_again)
+                                           self._mapped_again, self.runner.es)
             self._batch_size = self.writer.limits.chunk_size
 
     async def feed(
@@ -98,6 +98,7 @@ class Feeder:
         # partition to a new generation before it is forgotten.
         partition = self.offsets.partition(tp)
         mapped = self._mapped_rows
+        in_tasks = set() if mapped is None else mapped.in_tasks
         take_nowait, claim = dispatcher.take_nowait, dispatcher.claim
         claim_again, holder_of = dispatcher.claim_again, dispatcher.holder_of
         claim_held = dispatcher.claim_held
@@ -161,11 +162,13 @@ class Feeder:
                     # A new primary key: the job also comes after (and before) the old key's.
                     key = change.key
                     after = None if change.old_pk is None else change.old_key
-                    if (  # a handler's row fails at the first test
-                        (mapper := routes[0].mapper) is not None and len(routes) == 1
-                        and after is None and mapped is not None
+                    if (
+                        len(routes) == 1 and after is None and mapped is not None
+                        and ((mapper := routes[0].mapper) is not None
+                             or routes[0].handler not in in_tasks)
                     ):
-                        # A mapped row: no task, no job (see mapped_batch, mapped_rows).
+                        # A row of one mapper or handler: no task, no job (see mapped_batch,
+                        # mapped_rows, driven).
                         if batch is None:
                             batch = MappedBatch(loop, mapped, tp, partition)
                         entry = (key, change, routes[0], mapper, value)
@@ -200,9 +203,10 @@ class Feeder:
                                 if claim_held(key, batch):
                                     batch.entries.append(entry)
                                     continue
-                            if not mapped.start(loop, key, tp, partition, change, routes[0],
-                                                mapper, value):
-                                # After a DDL barrier: a task, as for a handler.
+                            if mapper is None or not mapped.start(
+                                loop, key, tp, partition, change, routes[0], mapper, value
+                            ):
+                                # A handler's, or after a DDL barrier: a task.
                                 dispatcher.start(
                                     key, partial(row, partition, change, routes, value), group=tp
                                 )
@@ -228,8 +232,9 @@ class Feeder:
             batch.send()
         return True
 
-    async def _mapped_again(self, row: MappedRow, failed: Exception) -> None:
-        """A mapped row whose first attempt failed: on through its handler (as_handler)."""
+    async def _mapped_again(self, row: MappedRow, failed: Exception | None) -> None:
+        """A batch's row whose first attempt failed: on through its handler (a mapper's:
+        as_handler); None: its first attempt is made here (it needs a task)."""
         await self._row(row.partition, row.change, (row.route,), row.value, failed,
                         row.started)
 

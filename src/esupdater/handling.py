@@ -61,7 +61,7 @@ class HandlerRunner:
                     await route.handler(change, ctx)
                 except asyncio.CancelledError as exc:
                     ctx.unawaited_error(route.name)
-                    await self._run_one(change, route, value, _stray_cancel(route, exc))
+                    await self._run_one(change, route, value, stray_cancel(route, exc))
                 except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
                     ctx.unawaited_error(route.name)  # close what it left unstarted
                     await self._run_one(change, route, value, exc)
@@ -199,10 +199,10 @@ async def _call(route: Route, change: Change, ctx: Context) -> None:
     try:
         await route.handler(change, ctx)
     except asyncio.CancelledError as exc:
-        raise _stray_cancel(route, exc) from exc
+        raise stray_cancel(route, exc) from exc
 
 
-def _stray_cancel(route: Route, exc: asyncio.CancelledError) -> HandlerCancelledError:
+def stray_cancel(route: Route, exc: asyncio.CancelledError) -> HandlerCancelledError:
     """The handler's own failure for a CancelledError it raised; re-raises `exc` if this
     row's task is being cancelled (a revocation or a stop)."""
     task = asyncio.current_task()

@@ -15,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Coroutine, Hashable, Iterable
+from typing import Any, cast
 
 from esupdater.actions import Action
 from esupdater.bulk import Group
 from esupdater.change import Change
+from esupdater.context import Context
+from esupdater.driven import PendingWrite, back_in_task, needs_task, outside_task
+from esupdater.errors import HandlerCancelledError
 from esupdater.mapped_rows import MappedRow, MappedRows
 from esupdater.mapping import Mapper, actions_of
 from esupdater.offsets import PartitionOffsets
 from esupdater.routing import Route
 from esupdater.telemetry import NullSensor
 
-#: One claimed row: its key, change, route, mapper and record value.
-_Entry = tuple[Hashable, Change, Route, Mapper, "bytes | None"]
+#: One claimed row: its key, change, route, mapper (None: an `async def` handler, stepped
+#: here, esupdater.driven) and record value.
+_Entry = tuple[Hashable, Change, Route, "Mapper | None", "bytes | None"]
 
 
 #: Rows a batch takes at most, followers included: beyond, a key's later rows go on alone.
@@ -45,8 +49,8 @@ class MappedBatch(asyncio.Future[None]):
     go of it: a batch pins no more than its unfinished rows. Cancelling it (revocation,
     stop) withdraws the writes not yet sent and cancels the rows that went on alone."""
 
-    __slots__ = ("entries", "followers", "group", "groups", "held", "left", "partition", "rows",
-                 "slow", "started")
+    __slots__ = ("driven", "entries", "followers", "group", "groups", "held", "left",
+                 "partition", "rows", "slow", "started")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, rows: MappedRows, group: Hashable,
@@ -62,6 +66,8 @@ class MappedBatch(asyncio.Future[None]):
         self.followers: dict[Hashable, deque[int]] = {}
         self.groups: list[Group] = []  # queued, not answered yet
         self.slow: dict[MappedRow, int] = {}  # unfinished rows gone on alone: their number
+        # Handlers being stepped here, by row number: awaiting the write they yielded.
+        self.driven: dict[int, tuple[Coroutine[Any, Any, Any], Context]] = {}
         self.left = 0  # rows not done yet
         self.held = 0  # slots held, once sent
         self.started = 0.0
@@ -95,21 +101,28 @@ class MappedBatch(asyncio.Future[None]):
         self.left = len(entries) + 1  # one more while sending: nothing finishes it meanwhile
         if self.followers:
             following = {number for queue in self.followers.values() for number in queue}
-            self._map([n for n in range(len(entries)) if n not in following])
+            finished = self._map([n for n in range(len(entries)) if n not in following])
         else:
-            self._map(range(len(entries)))
+            finished = self._map(range(len(entries)))
         self.left -= 1
-        if not self.left:
-            self._finish()
+        self._rows_done(finished)  # (ends the batch if nothing is left)
 
-    def _map(self, numbers: Iterable[int]) -> None:
-        """Map rows `numbers` and queue their writes: grouped, or alone where they must."""
+    def _map(self, numbers: Iterable[int]) -> list[int]:
+        """Map rows `numbers` (or step their handlers until they await a write) and queue
+        their writes: grouped, or alone where they must. Returns the rows done already
+        (nothing to write), for the caller to count: not counted here, so a key's rows
+        with nothing to write do not recurse one into the next."""
         rows = self.rows
         entries = self.entries
         single: list[tuple[int, Action]] = []
         alone: list[tuple[int, list[Action]]] = []
+        handlers: list[tuple[int, Any, BaseException | None]] = []
+        finished: list[int] = []
         for number in numbers:
             _, change, _, mapper, _ = entries[number]  # type: ignore[misc]  # unfinished
+            if mapper is None:
+                handlers.append((number, None, None))
+                continue
             try:
                 result = mapper(change)
                 if type(result) is dict:  # one action: actions_of's first case
@@ -117,44 +130,134 @@ class MappedBatch(asyncio.Future[None]):
                     continue
                 actions = actions_of(result, mapper)
             except Exception as exc:  # noqa: BLE001 - a user's mapper may raise anything
-                row = self._alone(number)
-                row.actions = []
-                rows.failed(row, exc)
+                self._failed(number, exc)
                 continue
             if len(actions) == 1:
                 single.append((number, actions[0]))
+            elif actions:
+                alone.append((number, actions))  # several: as a row of its own
             else:
-                alone.append((number, actions))  # none or several: as a row of its own
+                finished.append(number)
+        if handlers:
+            finished += self._step(handlers, single)
         if single:
-            left_out, groups = rows.writer.queue_group(self, single)
-            self.groups += groups
-            if left_out:
-                by_row = dict(single)
-                alone += [(number, [by_row[number]]) for number in left_out]
+            self._queue(single)
         for number, actions in alone:
             rows.queue(self._alone(number), actions)
+        return finished
+
+    def _queue(self, single: list[tuple[int, Action]]) -> None:
+        """Queue one action of each row as groups; the ones left out go on alone."""
+        rows = self.rows
+        left_out, groups = rows.writer.queue_group(self, single)
+        self.groups += groups
+        if left_out:
+            by_row = dict(single)
+            driven = self.driven
+            for number in left_out:
+                row = self._alone(number)
+                row.actions = [by_row[number]]
+                if number in driven:  # a handler's write: it awaits it in a task
+                    coro, ctx = driven.pop(number)
+                    rows.rest(row, coro, ctx, None)
+                else:
+                    rows.queue(row, row.actions)
+
+    def _step(
+        self, handlers: list[tuple[int, Any, BaseException | None]],
+        single: list[tuple[int, Action]],
+    ) -> list[int]:
+        """Step each row's handler (begun here if new) with the value, or the failure, of
+        what it awaited, until it awaits a ctx write (added to `single`) or returns (the
+        rows returned). Whatever else it does sends it on in a task (esupdater.driven)."""
+        rows = self.rows
+        entries = self.entries
+        driven = self.driven
+        loop = self.get_loop()
+        finished: list[int] = []
+        current = outside_task(loop)
+        try:
+            for number, value, failure in handlers:
+                state = driven.get(number)
+                route = entries[number][2]  # type: ignore[index]  # unfinished
+                if state is None:
+                    change = entries[number][1]  # type: ignore[index]
+                    ctx = Context(rows.writer, rows.es, change)
+                    coro = cast("Coroutine[Any, Any, Any]", route.handler(change, ctx))
+                    driven[number] = (coro, ctx)  # (an async def: routing checks it)
+                else:
+                    coro, ctx = state
+                ctx.driving = True
+                try:
+                    yielded = coro.send(value) if failure is None else coro.throw(failure)
+                except StopIteration:
+                    del driven[number]
+                    ctx.driving = False
+                    if ctx.unfinished():
+                        unawaited = ctx.unawaited_error(route.name)
+                        if unawaited is not None:
+                            self._failed(number, unawaited)
+                            continue
+                    finished.append(number)
+                    continue
+                except asyncio.CancelledError as exc:  # nothing cancels it while stepped
+                    del driven[number]
+                    ctx.driving = False
+                    ctx.unawaited_error(route.name)
+                    error = HandlerCancelledError(
+                        f"{route.name} raised CancelledError ({exc}) without being cancelled")
+                    error.__cause__ = exc
+                    self._failed(number, error)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
+                    del driven[number]
+                    ctx.driving = False
+                    ctx.unawaited_error(route.name)  # close what it left unstarted
+                    if needs_task(exc):
+                        rows.rerun(self._alone(number))
+                    else:
+                        self._failed(number, exc)
+                    continue
+                finally:
+                    ctx.driving = False
+                if type(yielded) is PendingWrite:
+                    single.append((number, yielded.action))
+                else:  # awaits something only a task can wait for
+                    del driven[number]
+                    rows.rest(self._alone(number), coro, ctx, yielded)
+        finally:
+            back_in_task(loop, current)
+        return finished
+
+    def _failed(self, number: int, failure: Exception) -> None:
+        """Row `number`'s first attempt failed: on through the handler path, in a task."""
+        row = self._alone(number)
+        row.actions = []
+        self.rows.failed(row, failure)
 
     def _alone(self, number: int) -> MappedRow:
         """Row `number` goes on as a MappedRow of its own, its slot and key still held here."""
         key, change, route, mapper, value = self.entries[number]  # type: ignore[misc]
         row = MappedRow(self.get_loop(), self.rows, key, self.group, self.partition, change,
-                        route, mapper, value)
+                        route, mapper, value)  # (a handler's: its mapper None, never called)
         row.owner = self
         row.started = self.started
         self.slow[row] = number
         return row
 
     def group_answered(
-        self, group: Group, odd: dict[int, asyncio.Future[dict[str, Any]]]
+        self, group: Group, odd: dict[int, asyncio.Future[dict[str, Any]]],
+        answers: list[dict[str, Any]] | None,
     ) -> None:
-        """The writer: every action of `group` has its answer (see GroupOwner)."""
+        """The writer: every action of `group` has its answer (see GroupOwner). A mapped
+        row is done; a handler is sent its item and stepped on."""
         if self.done():
             return
         self.groups.remove(group)
         rows = self.rows
-        stats = rows.stats
-        entries = self.entries
-        finished: list[_Entry] = []
+        driven = self.driven
+        finished: list[int] = []
+        resumed: list[tuple[int, Any, BaseException | None]] = []
         for at, number in enumerate(group.rows):
             if odd and (future := odd.get(at)) is not None:
                 failure = future.exception()
@@ -162,10 +265,41 @@ class MappedBatch(asyncio.Future[None]):
                     row = self._alone(number)
                     row.actions = [group.actions[at]]
                     row.tickets = [(group.tickets[at], group.keys[at])]
-                    rows.failed(row, failure)
+                    if number in driven:  # the handler awaits it, in a task now
+                        coro, ctx = driven.pop(number)
+                        rows.rest(row, coro, ctx, None, failure)
+                    else:
+                        rows.failed(row, failure)
                     continue
                 # Not simply applied but done all the same (stale, nothing to delete).
                 rows.writer.done_with(group.tickets[at], group.keys[at])
+                if number in driven:
+                    resumed.append((number, future.result(), None))
+                    continue
+            elif driven and number in driven:
+                item = next(iter(answers[at].values()))  # type: ignore[index]  # not all odd
+                resumed.append((number, item, None))
+                continue
+            finished.append(number)
+        if resumed:
+            single: list[tuple[int, Action]] = []
+            finished += self._step(resumed, single)
+            if single:
+                self._queue(single)
+        self._rows_done(finished)
+
+    def _rows_done(self, numbers: list[int]) -> None:
+        """Rows `numbers` went through: their offsets may be committed, the batch lets go
+        of them (`_after`)."""
+        self._after(self._account(numbers) if numbers else [])
+
+    def _account(self, numbers: list[int]) -> list[Hashable]:
+        """Count rows `numbers` as done (offsets, statistics); returns their keys."""
+        rows = self.rows
+        stats = rows.stats
+        entries = self.entries
+        finished: list[_Entry] = []
+        for number in numbers:
             finished.append(entries[number])  # type: ignore[arg-type]  # unfinished till now
             entries[number] = None
         appended = self.partition.rows_done([entry[1].position.offset for entry in finished])
@@ -179,9 +313,8 @@ class MappedBatch(asyncio.Future[None]):
             seconds = time.perf_counter() - self.started
             for _, change, route, _, _ in finished:
                 sensor.handler_done(route, change, seconds, "done")
-        done = len(finished)
-        stats.rows_done += done
-        self._after([entry[0] for entry in finished])
+        stats.rows_done += len(finished)
+        return [entry[0] for entry in finished]
 
     def row_finished(self, row: MappedRow) -> None:
         """A row that went on alone is done."""
@@ -192,30 +325,36 @@ class MappedBatch(asyncio.Future[None]):
     def _after(self, keys: list[Hashable]) -> None:
         """One row of each of `keys` is done: its slot is free, the row following it (if
         any) is mapped and written now, and a key with none left is given back (its next
-        row need not wait for the rest of the batch); the batch ends if nothing is left."""
-        done = len(keys)
-        self.left -= done
-        self.held -= done
+        row need not wait for the rest of the batch); the batch ends if nothing is left.
+        Rows done as soon as begun (nothing to write) go round again here."""
         dispatcher = self.rows.dispatcher
-        dispatcher.release_slots(done)
         followers = self.followers
-        if followers:
-            numbers = []
-            last = []
-            for key in keys:
-                queue = followers.get(key)
-                if queue is None:
-                    last.append(key)
-                    continue
-                numbers.append(queue.popleft())
-                if not queue:
-                    del followers[key]
-            keys = last
-            if numbers:
-                self.left += 1  # while mapping: nothing finishes the batch meanwhile
-                self._map(numbers)
-                self.left -= 1
-        dispatcher.release_keys(keys, self)
+        while True:
+            done = len(keys)
+            self.left -= done
+            self.held -= done
+            dispatcher.release_slots(done)
+            finished = None
+            if followers:
+                numbers = []
+                last = []
+                for key in keys:
+                    queue = followers.get(key)
+                    if queue is None:
+                        last.append(key)
+                        continue
+                    numbers.append(queue.popleft())
+                    if not queue:
+                        del followers[key]
+                keys = last
+                if numbers:
+                    self.left += 1  # while mapping: nothing finishes the batch meanwhile
+                    finished = self._map(numbers)
+                    self.left -= 1
+            dispatcher.release_keys(keys, self)
+            if not finished:
+                break
+            keys = self._account(finished)
         if not self.left:
             self._finish()
 
@@ -228,6 +367,7 @@ class MappedBatch(asyncio.Future[None]):
         entries, self.entries = self.entries, []
         self.slow = {}
         self.followers = {}
+        self.driven = {}
         keys = [entry[0] for entry in entries if entry is not None]
         self.rows.dispatcher.release_claims(self, keys, self.held, self.group)
         self.held = 0
@@ -246,8 +386,31 @@ class MappedBatch(asyncio.Future[None]):
                 if entry is not None:
                     sensor.handler_done(entry[2], entry[1], seconds, "cancelled")
         self.groups = []
+        if self.driven:
+            self._cancel_driven(msg)
         for row in list(self.slow):
             row.cancel(msg)
         cancelled = super().cancel(msg)
         self._release()
         return cancelled
+
+    def _cancel_driven(self, msg: Any) -> None:
+        """Cancel the handlers stepped here as a task's cancel would: a CancelledError where
+        each awaits its write, so its `finally` and `async with` exits run; one that awaits
+        anything more is closed."""
+        driven, self.driven = self.driven, {}
+        loop = self.get_loop()
+        current = outside_task(loop)
+        try:
+            for coro, ctx in driven.values():
+                try:
+                    coro.throw(asyncio.CancelledError(msg))
+                except (StopIteration, asyncio.CancelledError):
+                    pass
+                except Exception:  # noqa: BLE001 - cancelled: its failure no longer counts
+                    pass
+                else:
+                    coro.close()
+                ctx.unawaited_error("")  # close the writes it never began
+        finally:
+            back_in_task(loop, current)

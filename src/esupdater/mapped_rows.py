@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Protocol
+
+from elasticsearch import AsyncElasticsearch
 
 from esupdater.actions import Action
 from esupdater.bulk import BulkWriter, Ticket
 from esupdater.change import Change
+from esupdater.context import Context
 from esupdater.dispatch import KeyedDispatcher
+from esupdater.driven import Rest
+from esupdater.handling import stray_cancel
 from esupdater.mapping import Mapper, actions_of
 from esupdater.offsets import PartitionOffsets
-from esupdater.routing import Route
+from esupdater.routing import Handler, Route
 from esupdater.stats import Stats
 
-#: How a row goes on after a failed first attempt: (row, what failed) -> the handler path.
-GoOn = Callable[["MappedRow", Exception], Awaitable[None]]
+#: How a row goes on after a failed first attempt: (row, what failed) -> the handler path;
+#: None: its first attempt is made again there.
+GoOn = Callable[["MappedRow", "Exception | None"], Awaitable[None]]
 
 
 class RowOwner(Protocol):
@@ -40,12 +46,17 @@ class MappedRows:
     """Starts mapped rows in the dispatcher and settles them from the writer's answers."""
 
     def __init__(
-        self, writer: BulkWriter, dispatcher: KeyedDispatcher, stats: Stats, go_on: GoOn
+        self, writer: BulkWriter, dispatcher: KeyedDispatcher, stats: Stats, go_on: GoOn,
+        es: AsyncElasticsearch | None = None,
     ) -> None:
         self.writer = writer
         self.dispatcher = dispatcher
         self.stats = stats
         self.go_on = go_on
+        self.es = es  # a handler's ctx.es
+        #: Handlers found to need a task of their own (esupdater.driven.needs_task): their
+        #: rows are not stepped by a batch.
+        self.in_tasks: set[Handler] = set()
 
     def start(
         self, loop: asyncio.AbstractEventLoop, key: Hashable, group: Hashable,
@@ -60,8 +71,10 @@ class MappedRows:
     def map(self, row: MappedRow) -> None:
         """Run the mapper and queue its actions (the key's earlier rows are done)."""
         row.started = time.perf_counter()
+        mapper = row.mapper
+        assert mapper is not None  # only a mapped row begins by itself
         try:
-            actions = actions_of(row.mapper(row.change), row.mapper)
+            actions = actions_of(mapper(row.change), mapper)
         except Exception as exc:  # noqa: BLE001 - a user's mapper may raise anything
             row.actions = []
             self.failed(row, exc)
@@ -131,6 +144,61 @@ class MappedRows:
         stats.sensor.handler_done(row.route, change, time.perf_counter() - row.started, "done")
         row.finish()
 
+    def rest(
+        self, row: MappedRow, coro: Coroutine[Any, Any, Any], ctx: Context, yielded: Any,
+        failure: BaseException | None = None,
+    ) -> None:
+        """A handler stepped by its batch goes on in a task (esupdater.driven): from where
+        it yielded `yielded`, or, if `row.actions` holds the write it awaits, from that
+        write, finished here (`failure`: how its first attempt, `row.tickets`, went)."""
+        task = row.task = row.get_loop().create_task(self._rest(row, coro, ctx, yielded,
+                                                                failure))
+        task.add_done_callback(row.ended)
+
+    def rerun(self, row: MappedRow) -> None:
+        """A handler that needs a task: its row's first attempt is made again in one."""
+        self.in_tasks.add(row.route.handler)
+        task = row.task = row.get_loop().create_task(self._rerun(row))
+        task.add_done_callback(row.ended)
+
+    async def _rerun(self, row: MappedRow) -> None:
+        await self.go_on(row, None)
+        if not row.done():
+            row.finish()
+
+    async def _rest(
+        self, row: MappedRow, coro: Coroutine[Any, Any, Any], ctx: Context, yielded: Any,
+        failure: BaseException | None,
+    ) -> None:
+        writer, name = self.writer, row.route.name
+        tickets, row.tickets = row.tickets, []  # left for `cancel` until begun
+        write: Awaitable[Any] | None = None
+        if tickets:
+            ((ticket, key),) = tickets
+            write = writer.finish(row.actions[0], ticket, key, failure)
+        elif row.actions:  # one its batch could not queue with the others
+            write = writer.execute(row.actions[0])
+        failed: Exception | None = None
+        try:
+            try:
+                await Rest(coro, yielded, write)
+            except asyncio.CancelledError as exc:
+                failed = stray_cancel(row.route, exc)  # re-raised if a real cancel
+            if failed is None:
+                failed = ctx.unawaited_error(name)
+        except asyncio.CancelledError:
+            ctx.unawaited_error(name)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's handler may raise anything
+            ctx.unawaited_error(name)  # close what it left unstarted
+            failed = exc
+        if failed is None:
+            self.done(row)
+            return
+        await self.go_on(row, failed)
+        if not row.done():
+            row.finish()
+
     def failed(self, row: MappedRow, failure: BaseException) -> None:
         """Go on in a task: `_again`."""
         task = row.task = row.get_loop().create_task(self._again(row, failure))
@@ -176,7 +244,7 @@ class MappedRow(asyncio.Future[None]):
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, rows: MappedRows, key: Hashable, group: Hashable,
-        partition: PartitionOffsets, change: Change, route: Route, mapper: Mapper,
+        partition: PartitionOffsets, change: Change, route: Route, mapper: Mapper | None,
         value: bytes | None,
     ) -> None:
         super().__init__(loop=loop)

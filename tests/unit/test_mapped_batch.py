@@ -172,7 +172,7 @@ class _Owner:
     def done(self) -> bool:
         return False
 
-    def group_answered(self, group: Group, odd: dict[int, Any]) -> None:
+    def group_answered(self, group: Group, odd: dict[int, Any], answers: Any) -> None:
         self.answered.append((group, odd))
 
 

@@ -1,0 +1,324 @@
+"""Rows of one `async def` handler stepped by their batch (esupdater.driven): no task per
+row while the handler awaits only its own ctx writes, and every behaviour of the task path
+kept: the item a write returns, several writes, refused and retried writes, retries and
+set-aside, cancel, and handlers that need a task of their own.
+
+Built as `esupdater run` builds it, over the fake client (tests/unit/test_mapped_rows.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from elasticsearch import ConnectionError as EsConnectionError
+
+from esupdater.change import Change
+from esupdater.context import Context
+from esupdater.errors import BulkItemError
+from esupdater.routing import Registry
+from tests.unit.fake_elasticsearch import FakeElasticsearch
+from tests.unit.test_mapped_rows import (
+    MAX_ATTEMPTS,
+    HeldElasticsearch,
+    failing,
+    record,
+    service,
+    settle,
+    wait_until,
+)
+
+
+def handled(handler: Any) -> Registry:
+    registry = Registry()
+    registry.add("shop.users", handler)
+    return registry
+
+
+async def test_a_fetchs_handler_rows_go_in_one_request_with_no_task_each() -> None:
+    items: list[dict[str, Any]] = []
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def index_user(change: Change, ctx: Context) -> None:
+        tasks.append(asyncio.current_task())
+        items.append(await ctx.index(index="users", id=change.pk, doc=change.row))
+
+    async with service(handled(index_user)) as svc:
+        await svc.feed(record(0, [(1, 10), (2, 20)]), record(1, [(3, 30)]))
+        await svc.settled()
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 10},
+                               ("users", "2"): {"id": 2, "v": 20},
+                               ("users", "3"): {"id": 3, "v": 30}}
+        assert len(svc.es.calls) == 1  # one request for the fetch
+        assert [item["_id"] for item in items] == ["1", "2", "3"]  # each got its item
+        assert {item["result"] for item in items} == {"created"}
+        assert tasks == [None, None, None]  # stepped by the batch: no task is current
+        assert svc.handler_rows == []  # not the task path
+        assert svc.committable() == 2
+        assert svc.stats.rows_done == 3
+        assert svc.dispatcher.in_flight == 0
+        assert svc.writer._order == {}
+
+
+async def test_a_handlers_writes_one_after_another_each_awaited() -> None:
+    seen: list[str] = []
+
+    async def two_writes(change: Change, ctx: Context) -> None:
+        first = await ctx.index(index="users", id=change.pk, doc=change.row)
+        seen.append(f"{change.pk}:{first['result']}")
+        await ctx.upsert(index="by_v", id=str(change.row["v"]), doc={"id": change.pk})
+        seen.append(f"{change.pk}:done")
+
+    async with service(handled(two_writes)) as svc:
+        await svc.feed(record(0, [(1, 7), (2, 8)]))
+        await svc.settled()
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 7}, ("users", "2"): {"id": 2, "v": 8},
+                               ("by_v", "7"): {"id": "1"}, ("by_v", "8"): {"id": "2"}}
+        assert len(svc.es.calls) == 2  # the second writes once the first were acknowledged
+        assert seen == ["1:created", "2:created", "1:done", "2:done"]
+        assert svc.handler_rows == []
+        assert svc.committable() == 1
+
+
+async def test_a_key_repeated_in_a_fetch_is_handled_in_order() -> None:
+    async def index_user(change: Change, ctx: Context) -> None:
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    async with service(handled(index_user)) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 1), (1, 2)]), record(1, [(1, 3)]))
+        await svc.settled()
+        assert [body["v"] for body in svc.written("1")] == [1, 2, 3]
+        assert svc.es.docs[("users", "1")] == {"id": 1, "v": 3}
+        assert svc.committable() == 2
+
+
+async def test_a_handler_awaiting_something_else_goes_on_in_a_task_of_its_own() -> None:
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def sleeps_first(change: Change, ctx: Context) -> None:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        tasks.append(asyncio.current_task())
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+        await asyncio.sleep(0.001)
+        await ctx.delete(index="users", id=change.pk)
+        await ctx.index(index="users", id=change.pk, doc={"again": True})
+
+    async with service(handled(sleeps_first)) as svc:
+        await svc.feed(record(0, [(1, 1)]))
+        await svc.settled()
+        assert tasks[0] is None
+        assert isinstance(tasks[1], asyncio.Task)
+        assert svc.es.docs == {("users", "1"): {"again": True}}
+        assert svc.written("1") == [{"id": 1, "v": 1}, None, {"again": True}]
+        assert svc.committable() == 1
+        assert svc.stats.handler_retries == 0
+
+
+async def test_a_handler_needing_a_task_is_run_in_one_and_so_are_its_later_rows() -> None:
+    runs: list[str] = []
+
+    async def with_timeout(change: Change, ctx: Context) -> None:
+        runs.append(change.pk)
+        async with asyncio.timeout(5):
+            await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    async with service(handled(with_timeout)) as svc:
+        await svc.feed(record(0, [(1, 1)]))
+        await svc.settled()
+        await svc.feed(record(1, [(2, 2)]))
+        await svc.settled()
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}, ("users", "2"): {"id": 2, "v": 2}}
+        assert runs == ["1", "1", "2"]  # row 1 again in a task at once; row 2 in one at first
+        assert [change.pk for change in svc.handler_rows] == ["1", "2"]
+        assert svc.stats.handler_retries == 0
+        assert svc.stats.handler_errors == 0
+        assert svc.set_aside.failures == []
+        assert svc.committable() == 2
+
+
+async def test_a_refused_write_raises_in_the_handler_which_may_handle_it() -> None:
+    caught: list[str] = []
+
+    async def tolerant(change: Change, ctx: Context) -> None:
+        try:
+            await ctx.index(index="users", id=change.pk, doc=change.row)
+        except BulkItemError as exc:
+            caught.append(f"{exc.doc_id}: {exc.status}")
+
+    es = FakeElasticsearch(fail_item=failing(
+        lambda n, doc_id: (400, "mapper_parsing_exception") if doc_id == "2" else None))
+    async with service(handled(tolerant), es) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        assert caught == ["2: 400"]
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}}
+        assert svc.set_aside.failures == []
+        assert svc.committable() == 1
+        assert svc.writer._order == {}
+
+
+async def test_a_refused_write_not_handled_sets_the_row_aside_with_its_reason() -> None:
+    async def index_user(change: Change, ctx: Context) -> None:
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    es = FakeElasticsearch(fail_item=failing(
+        lambda n, doc_id: (400, "mapper_parsing_exception") if doc_id == "2" else None))
+    async with service(handled(index_user), es) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        [failure] = svc.set_aside.failures
+        assert failure.position.offset == 0
+        assert failure.row_index == 1
+        assert "mapper_parsing_exception" in failure.reason
+        assert failure.handler.endswith("index_user")
+        assert svc.committable() == 1
+
+
+async def test_a_retried_write_gives_the_handler_its_item_and_it_goes_on() -> None:
+    after: list[str] = []
+
+    async def index_then_note(change: Change, ctx: Context) -> None:
+        item = await ctx.index(index="users", id=change.pk, doc=change.row)
+        after.append(f"{change.pk}:{item['result']}")
+        await ctx.upsert(index="notes", id=change.pk, doc={"seen": True})
+
+    es = FakeElasticsearch(fail_item=failing(
+        lambda n, doc_id: (429, "es_rejected_execution_exception") if n == 1 and doc_id == "1"
+        else None))
+    async with service(handled(index_then_note), es) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        assert sorted(after) == ["1:created", "2:created"]
+        assert svc.es.docs[("notes", "1")] == {"seen": True}
+        assert svc.es.docs[("notes", "2")] == {"seen": True}
+        assert svc.stats.es_retries >= 1
+        assert svc.stats.handler_retries == 0
+        assert svc.committable() == 1
+        assert svc.writer._order == {}
+
+
+async def test_a_handler_that_raises_is_retried_then_set_aside() -> None:
+    runs: list[str] = []
+
+    async def broken(change: Change, ctx: Context) -> None:
+        runs.append(change.pk)
+        if change.pk == "2":
+            raise ValueError("no such shop")
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    async with service(handled(broken)) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        assert runs.count("2") == MAX_ATTEMPTS
+        [failure] = svc.set_aside.failures
+        assert failure.reason == "ValueError: no such shop"
+        assert failure.attempts == MAX_ATTEMPTS
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}}
+        assert svc.committable() == 1
+
+
+async def test_an_unawaited_write_is_the_handlers_failure_not_a_silent_success() -> None:
+    async def forgets(change: Change, ctx: Context) -> None:
+        ctx.index(index="users", id=change.pk, doc=change.row)  # type: ignore[unused-coroutine]
+
+    async with service(handled(forgets)) as svc:
+        await svc.feed(record(0, [(1, 1)]))
+        await svc.settled()
+        [failure] = svc.set_aside.failures
+        assert "never awaited" in failure.reason
+        assert svc.es.docs == {}
+        assert svc.committable() == 1  # set aside: the stream goes on
+
+
+async def test_a_cancelled_error_a_handler_raises_itself_is_its_failure() -> None:
+    async def cancels(change: Change, ctx: Context) -> None:
+        raise asyncio.CancelledError("from a library")
+
+    async with service(handled(cancels)) as svc:
+        await svc.feed(record(0, [(1, 1)]))
+        await svc.settled()
+        [failure] = svc.set_aside.failures
+        assert "CancelledError" in failure.reason
+        assert svc.committable() == 1
+
+
+async def test_cancelling_a_batch_cancels_each_handler_where_it_awaits() -> None:
+    cleaned: list[str] = []
+
+    async def index_user(change: Change, ctx: Context) -> None:
+        try:
+            await ctx.index(index="users", id=change.pk, doc=change.row)
+        except asyncio.CancelledError:
+            cleaned.append(change.pk)
+            raise
+
+    es = HeldElasticsearch()
+    async with service(handled(index_user), es) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await wait_until(lambda: len(es.sent) == 1)
+        assert svc.dispatcher.cancel_all() == 1
+        es.open.set()
+        await svc.settled()
+        assert cleaned == ["1", "2"]
+        assert svc.committable() is None  # never acknowledged here: the next owner's
+        assert svc.stats.rows_done == 0
+        assert sorted(svc.sensor.outcomes) == [("1", 0, "cancelled"), ("2", 0, "cancelled")]
+        assert svc.writer._order == {}
+
+
+async def test_a_handler_writing_nothing_for_a_hot_keys_many_rows_does_not_recurse() -> None:
+    """Each of a key's rows in a batch begins when the one before is done: one with nothing
+    to write is done at once, and the next must not begin inside it."""
+    handled_rows: list[int] = []
+
+    async def skips(change: Change, ctx: Context) -> None:
+        handled_rows.append(change.position.offset)
+
+    async with service(handled(skips), max_rows=3000) as svc:
+        await svc.feed(*(record(offset, [(1, offset)]) for offset in range(2500)))
+        await svc.settled()
+        assert handled_rows == list(range(2500))
+        assert svc.committable() == 2500
+        await settle()
+        assert svc.dispatcher.in_flight == 0
+
+
+async def test_a_mapper_writing_nothing_for_a_hot_keys_many_rows_does_not_recurse() -> None:
+    mapped_rows: list[int] = []
+
+    def skips(change: Change) -> None:
+        mapped_rows.append(change.position.offset)
+
+    registry = Registry()
+    registry.add_mapper("shop.users", skips)
+    async with service(registry, max_rows=3000) as svc:
+        await svc.feed(*(record(offset, [(1, offset)]) for offset in range(2500)))
+        await svc.settled()
+        assert mapped_rows == list(range(2500))
+        assert svc.committable() == 2500
+        assert svc.dispatcher.in_flight == 0
+
+
+async def test_a_handler_whose_client_request_needs_a_task_is_run_in_one() -> None:
+    """The client wraps aiohttp's RuntimeError in its own ConnectionError (in `errors`)."""
+    runs: list[str] = []
+
+    async def reads_first(change: Change, ctx: Context) -> None:
+        runs.append(change.pk)
+        if asyncio.current_task() is None:  # as aiohttp's timer and then the client fail
+            inner = RuntimeError("Timeout context manager should be used inside a task")
+            raise EsConnectionError(str(inner), errors=(inner,)) from None
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+
+    async with service(handled(reads_first)) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        assert sorted(runs) == ["1", "1", "2", "2"]  # each once more, in a task, at once
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}, ("users", "2"): {"id": 2, "v": 2}}
+        assert svc.stats.handler_retries == 0
+        assert svc.set_aside.failures == []
+        await svc.feed(record(1, [(3, 3)]))
+        await svc.settled()
+        assert runs[-1] == "3"
+        assert runs.count("3") == 1  # its route goes to tasks now
