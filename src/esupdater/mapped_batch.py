@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Coroutine, Hashable, Iterable
-from typing import Any, cast
+from typing import Any
 
 from esupdater.actions import Action
 from esupdater.bulk import Group
@@ -171,6 +171,7 @@ class MappedBatch(asyncio.Future[None]):
         what it awaited, until it awaits a ctx write (added to `single`) or returns (the
         rows returned). Whatever else it does sends it on in a task (esupdater.driven)."""
         rows = self.rows
+        writer, es = rows.writer, rows.es
         entries = self.entries
         driven = self.driven
         loop = self.get_loop()
@@ -182,9 +183,11 @@ class MappedBatch(asyncio.Future[None]):
                 route = entries[number][2]  # type: ignore[index]  # unfinished
                 if state is None:
                     change = entries[number][1]  # type: ignore[index]
-                    ctx = Context(rows.writer, rows.es, change)
-                    coro = cast("Coroutine[Any, Any, Any]", route.handler(change, ctx))
-                    driven[number] = (coro, ctx)  # (an async def: routing checks it)
+                    ctx = Context(writer, es, change)
+                    # An async def (routing checks it): its coroutine.
+                    coro: Coroutine[Any, Any, Any] = route.handler(  # type: ignore[assignment]
+                        change, ctx)
+                    driven[number] = (coro, ctx)
                 else:
                     coro, ctx = state
                 ctx.driving = True
