@@ -1,23 +1,26 @@
 """Stepping a handler's coroutine without a task while it only awaits its own writes.
 
-The rows of a fetch whose one route is an `async def` handler are run by their batch
-(esupdater.mapped_batch), which steps each handler's coroutine itself: a ctx write awaited
-meanwhile yields a `PendingWrite` to the batch, which queues its action with the rest of the
-fetch's and sends the coroutine its item once Elasticsearch acknowledged it. A task per row,
-a future per write and a loop callback per step are what the handler path spent most on.
+The rows of a fetch whose one route is an `async def` handler that awaits nothing but its
+ctx writes (`only_awaits_writes`, read from its source once at registration) are run by
+their batch (esupdater.mapped_batch), which steps each handler's coroutine itself: a ctx
+write awaited meanwhile yields a `PendingWrite` to the batch, which queues its action with
+the rest of the fetch's and sends the coroutine its item once Elasticsearch acknowledged it.
+A task per row, a future per write and a loop callback per step are what the handler path
+spent most on.
 
-Anything else a handler awaits (the client, a sleep, a gather) hands its coroutine to a task
-of its own right there (`Rest`): from then on it runs exactly as it would have in a task.
-No task is current while the batch steps a coroutine (`outside_task`), so a handler that
-needs one (`asyncio.timeout`, the client's own requests) gets a RuntimeError saying so at
-once, rather than timing out some other task (`needs_task`); its row is run again in a task
-and its route's rows go to tasks from then on.
+A write that fails, must wait for an earlier write of its document or cannot be grouped
+hands the coroutine to a task of its own right there (`Rest`): from then on it runs exactly
+as it would have in a task, and so does anything else such a coroutine yields (`ctx.bulk`'s
+gather). No task is current while the batch steps a coroutine (`outside_task`).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
-from collections.abc import Awaitable, Coroutine, Generator
+import inspect
+import textwrap
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from esupdater.actions import Action
@@ -106,17 +109,48 @@ def back_in_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None
         asyncio.tasks._enter_task(loop, task)
 
 
-def needs_task(exc: BaseException) -> bool:
-    """Whether a handler failed only for being stepped outside a task: the RuntimeError
-    asyncio's and aiohttp's timeouts raise then, also as the cause of another (the
-    client's ConnectionError carries aiohttp's in `errors`)."""
-    seen: list[BaseException] = [exc]
-    for _ in range(32):  # a few links at most: no endless chain
-        if not seen:
-            break
-        error = seen.pop()
-        if isinstance(error, RuntimeError) and "inside a task" in str(error):
-            return True
-        seen += [e for e in (error.__cause__, error.__context__) if e is not None]
-        seen += [e for e in getattr(error, "errors", ()) if isinstance(e, BaseException)]
-    return False
+#: The ctx methods whose awaiting a batch can step (each returns a write's coroutine).
+_WRITES = frozenset(("index", "upsert", "update", "delete", "write", "bulk"))
+
+
+def only_awaits_writes(handler: Callable[..., Any]) -> bool:
+    """Whether every `await` in the handler's source is of one of its ctx's writes, with no
+    `async with` or `async for`: then nothing it runs while its batch steps it can need a
+    task (asyncio.timeout, the client's requests, anyio's cancel scopes, which all take the
+    current task). Such a handler is stepped by its batch; any other runs in a task of its
+    own per row. False when its source cannot be read, or is not all of what runs (a
+    wrapper's)."""
+    if hasattr(handler, "__wrapped__"):
+        return False  # its source would be the wrapped function's, not what runs
+    try:
+        source = textwrap.dedent(inspect.getsource(handler))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):
+        return False
+    found = [node for node in tree.body if isinstance(node, ast.AsyncFunctionDef)]
+    if len(found) != 1:
+        return False
+    function = found[0]
+    parameters = function.args.posonlyargs + function.args.args
+    if len(parameters) < 2:  # (change, ctx), after self if a method
+        return False
+    ctx = parameters[-1].arg
+    for node in ast.walk(function):
+        if isinstance(node, ast.AsyncWith | ast.AsyncFor):
+            return False
+        if isinstance(node, ast.comprehension) and node.is_async:
+            return False
+        if isinstance(node, ast.Name) and node.id == ctx and isinstance(node.ctx, ast.Store):
+            return False  # ctx rebound: whatever it is then, not known here
+        if isinstance(node, ast.Await) and not _is_write(node.value, ctx):
+            return False
+    return True
+
+
+def _is_write(awaited: ast.expr, ctx: str) -> bool:
+    """`ctx.index(...)` and the like."""
+    return (
+        isinstance(awaited, ast.Call) and isinstance(awaited.func, ast.Attribute)
+        and isinstance(awaited.func.value, ast.Name) and awaited.func.value.id == ctx
+        and awaited.func.attr in _WRITES
+    )

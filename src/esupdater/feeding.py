@@ -98,7 +98,6 @@ class Feeder:
         # partition to a new generation before it is forgotten.
         partition = self.offsets.partition(tp)
         mapped = self._mapped_rows
-        in_tasks = set() if mapped is None else mapped.in_tasks
         take_nowait, claim = dispatcher.take_nowait, dispatcher.claim
         claim_again, holder_of = dispatcher.claim_again, dispatcher.holder_of
         claim_held = dispatcher.claim_held
@@ -164,8 +163,7 @@ class Feeder:
                     after = None if change.old_pk is None else change.old_key
                     if (
                         len(routes) == 1 and after is None and mapped is not None
-                        and ((mapper := routes[0].mapper) is not None
-                             or routes[0].handler not in in_tasks)
+                        and ((mapper := routes[0].mapper) is not None or routes[0].steppable)
                     ):
                         # A row of one mapper or handler: no task, no job (see mapped_batch,
                         # mapped_rows, driven).
@@ -232,9 +230,9 @@ class Feeder:
             batch.send()
         return True
 
-    async def _mapped_again(self, row: MappedRow, failed: Exception | None) -> None:
+    async def _mapped_again(self, row: MappedRow, failed: Exception) -> None:
         """A batch's row whose first attempt failed: on through its handler (a mapper's:
-        as_handler); None: its first attempt is made here (it needs a task)."""
+        as_handler)."""
         await self._row(row.partition, row.change, (row.route,), row.value, failed,
                         row.started)
 

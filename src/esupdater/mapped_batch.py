@@ -22,7 +22,7 @@ from esupdater.actions import Action
 from esupdater.bulk import Group
 from esupdater.change import Change
 from esupdater.context import Context
-from esupdater.driven import PendingWrite, back_in_task, needs_task, outside_task
+from esupdater.driven import PendingWrite, back_in_task, outside_task
 from esupdater.errors import HandlerCancelledError
 from esupdater.mapped_rows import MappedRow, MappedRows
 from esupdater.mapping import Mapper, actions_of
@@ -216,16 +216,13 @@ class MappedBatch(asyncio.Future[None]):
                     del driven[number]
                     ctx.driving = False
                     ctx.unawaited_error(route.name)  # close what it left unstarted
-                    if needs_task(exc):
-                        rows.rerun(self._alone(number))
-                    else:
-                        self._failed(number, exc)
+                    self._failed(number, exc)
                     continue
                 finally:
                     ctx.driving = False
                 if type(yielded) is PendingWrite:
                     single.append((number, yielded.action))
-                else:  # awaits something only a task can wait for
+                else:  # awaits something only a task can wait for (ctx.bulk's gather)
                     del driven[number]
                     rows.rest(self._alone(number), coro, ctx, yielded)
         finally:

@@ -28,12 +28,11 @@ from esupdater.driven import Rest
 from esupdater.handling import stray_cancel
 from esupdater.mapping import Mapper, actions_of
 from esupdater.offsets import PartitionOffsets
-from esupdater.routing import Handler, Route
+from esupdater.routing import Route
 from esupdater.stats import Stats
 
-#: How a row goes on after a failed first attempt: (row, what failed) -> the handler path;
-#: None: its first attempt is made again there.
-GoOn = Callable[["MappedRow", "Exception | None"], Awaitable[None]]
+#: How a row goes on after a failed first attempt: (row, what failed) -> the handler path.
+GoOn = Callable[["MappedRow", Exception], Awaitable[None]]
 
 
 class RowOwner(Protocol):
@@ -54,9 +53,6 @@ class MappedRows:
         self.stats = stats
         self.go_on = go_on
         self.es = es  # a handler's ctx.es
-        #: Handlers found to need a task of their own (esupdater.driven.needs_task): their
-        #: rows are not stepped by a batch.
-        self.in_tasks: set[Handler] = set()
 
     def start(
         self, loop: asyncio.AbstractEventLoop, key: Hashable, group: Hashable,
@@ -154,17 +150,6 @@ class MappedRows:
         task = row.task = row.get_loop().create_task(self._rest(row, coro, ctx, yielded,
                                                                 failure))
         task.add_done_callback(row.ended)
-
-    def rerun(self, row: MappedRow) -> None:
-        """A handler that needs a task: its row's first attempt is made again in one."""
-        self.in_tasks.add(row.route.handler)
-        task = row.task = row.get_loop().create_task(self._rerun(row))
-        task.add_done_callback(row.ended)
-
-    async def _rerun(self, row: MappedRow) -> None:
-        await self.go_on(row, None)
-        if not row.done():
-            row.finish()
 
     async def _rest(
         self, row: MappedRow, coro: Coroutine[Any, Any, Any], ctx: Context, yielded: Any,

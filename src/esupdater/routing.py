@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change
+from esupdater.driven import only_awaits_writes
 from esupdater.errors import ConfigError
 from esupdater.mapping import Mapper, as_handler
 
@@ -66,6 +67,9 @@ class Route:
     _table: re.Pattern[str]
     #: The `@maps` function behind `handler` (its `as_handler`), else None.
     mapper: Mapper | None = None
+    #: Whether the handler awaits nothing but its ctx writes (esupdater.driven): then its
+    #: rows are stepped by their batch rather than run in a task each.
+    steppable: bool = False
 
     @property
     def name(self) -> str:
@@ -111,7 +115,8 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     if not inspect.iscoroutinefunction(handler):
         raise RouteError(f"{where}: a handler must be an `async def` function")
     _check_signature(handler, where, "two arguments, (change, ctx)", 2)
-    return _route(pattern, handler, types, where)
+    route = _route(pattern, handler, types, where)
+    return dataclasses.replace(route, steppable=only_awaits_writes(handler))
 
 
 def make_mapper_route(

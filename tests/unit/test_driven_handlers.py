@@ -9,10 +9,11 @@ Built as `esupdater run` builds it, over the fake client (tests/unit/test_mapped
 from __future__ import annotations
 
 import asyncio
+import functools
+from types import SimpleNamespace
 from typing import Any
 
-from elasticsearch import ConnectionError as EsConnectionError
-
+from esupdater.canal.build import flat_message
 from esupdater.change import Change
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
@@ -20,6 +21,7 @@ from esupdater.routing import Registry
 from tests.unit.fake_elasticsearch import FakeElasticsearch
 from tests.unit.test_mapped_rows import (
     MAX_ATTEMPTS,
+    TYPES,
     HeldElasticsearch,
     failing,
     record,
@@ -92,49 +94,47 @@ async def test_a_key_repeated_in_a_fetch_is_handled_in_order() -> None:
         assert svc.committable() == 2
 
 
-async def test_a_handler_awaiting_something_else_goes_on_in_a_task_of_its_own() -> None:
+async def test_a_handler_awaiting_anything_else_runs_in_a_task_of_its_own() -> None:
     tasks: list[asyncio.Task[Any] | None] = []
 
     async def sleeps_first(change: Change, ctx: Context) -> None:
         tasks.append(asyncio.current_task())
         await asyncio.sleep(0)
-        tasks.append(asyncio.current_task())
         await ctx.index(index="users", id=change.pk, doc=change.row)
-        await asyncio.sleep(0.001)
-        await ctx.delete(index="users", id=change.pk)
-        await ctx.index(index="users", id=change.pk, doc={"again": True})
-
-    async with service(handled(sleeps_first)) as svc:
-        await svc.feed(record(0, [(1, 1)]))
-        await svc.settled()
-        assert tasks[0] is None
-        assert isinstance(tasks[1], asyncio.Task)
-        assert svc.es.docs == {("users", "1"): {"again": True}}
-        assert svc.written("1") == [{"id": 1, "v": 1}, None, {"again": True}]
-        assert svc.committable() == 1
-        assert svc.stats.handler_retries == 0
-
-
-async def test_a_handler_needing_a_task_is_run_in_one_and_so_are_its_later_rows() -> None:
-    runs: list[str] = []
 
     async def with_timeout(change: Change, ctx: Context) -> None:
-        runs.append(change.pk)
-        async with asyncio.timeout(5):
-            await ctx.index(index="users", id=change.pk, doc=change.row)
+        async with asyncio.timeout(5):  # takes the current task: it must be the row's
+            await ctx.index(index="other", id=change.pk, doc=change.row)
 
-    async with service(handled(with_timeout)) as svc:
-        await svc.feed(record(0, [(1, 1)]))
+    registry = handled(sleeps_first)
+    registry.add("shop.other", with_timeout)
+    other = flat_message("shop", "other", "INSERT", [{"id": "9", "v": "0"}], mysql_types=TYPES)
+    async with service(registry) as svc:
+        await svc.feed(record(0, [(1, 1)]), SimpleNamespace(offset=1, value=other, timestamp=-1))
         await svc.settled()
-        await svc.feed(record(1, [(2, 2)]))
-        await svc.settled()
-        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}, ("users", "2"): {"id": 2, "v": 2}}
-        assert runs == ["1", "1", "2"]  # row 1 again in a task at once; row 2 in one at first
-        assert [change.pk for change in svc.handler_rows] == ["1", "2"]
-        assert svc.stats.handler_retries == 0
-        assert svc.stats.handler_errors == 0
-        assert svc.set_aside.failures == []
+        assert isinstance(tasks[0], asyncio.Task)
+        assert sorted(change.pk for change in svc.handler_rows) == ["1", "9"]  # tasks, as before
+        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}, ("other", "9"): {"id": 9, "v": 0}}
         assert svc.committable() == 2
+
+
+async def test_ctx_bulk_goes_on_in_a_task_from_where_it_is_awaited() -> None:
+    async def two_at_once(change: Change, ctx: Context) -> None:
+        items = await ctx.bulk([
+            {"_op_type": "index", "_index": "users", "_id": change.pk, "_source": change.row},
+            {"_op_type": "index", "_index": "copies", "_id": change.pk, "_source": change.row},
+        ])
+        assert [item["result"] for item in items] == ["created", "created"]
+        await ctx.delete(index="copies", id=change.pk)
+
+    async with service(handled(two_at_once)) as svc:
+        await svc.feed(record(0, [(1, 1), (2, 2)]))
+        await svc.settled()
+        assert set(svc.es.docs) == {("users", "1"), ("users", "2")}
+        assert svc.handler_rows == []
+        assert svc.set_aside.failures == []
+        assert svc.committable() == 1
+        assert svc.writer._order == {}
 
 
 async def test_a_refused_write_raises_in_the_handler_which_may_handle_it() -> None:
@@ -300,25 +300,69 @@ async def test_a_mapper_writing_nothing_for_a_hot_keys_many_rows_does_not_recurs
         assert svc.dispatcher.in_flight == 0
 
 
-async def test_a_handler_whose_client_request_needs_a_task_is_run_in_one() -> None:
-    """The client wraps aiohttp's RuntimeError in its own ConnectionError (in `errors`)."""
-    runs: list[str] = []
+# -- which handlers a batch steps ----------------------------------------------------------------
 
-    async def reads_first(change: Change, ctx: Context) -> None:
-        runs.append(change.pk)
-        if asyncio.current_task() is None:  # as aiohttp's timer and then the client fail
-            inner = RuntimeError("Timeout context manager should be used inside a task")
-            raise EsConnectionError(str(inner), errors=(inner,)) from None
+
+async def writes_only(change: Change, ctx: Context) -> None:
+    if change.is_delete:
+        await ctx.delete(index="users", id=change.pk)
+        return
+    doc = {**change.row, "names": [name.upper() for name in change.row]}
+    item = await ctx.index(index="users", id=change.pk, doc=doc)
+    for copy in ("a", "b"):
+        await ctx.upsert(index=copy, id=item["_id"], doc=doc)
+
+
+async def reads_first(change: Change, ctx: Context) -> None:
+    await ctx.es.get(index="shops", id="1")
+    await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+async def awaits_a_helper(change: Change, ctx: Context) -> None:
+    await writes_only(change, ctx)
+
+
+async def times_out(change: Change, ctx: Context) -> None:
+    async with asyncio.timeout(1):
         await ctx.index(index="users", id=change.pk, doc=change.row)
 
-    async with service(handled(reads_first)) as svc:
-        await svc.feed(record(0, [(1, 1), (2, 2)]))
-        await svc.settled()
-        assert sorted(runs) == ["1", "1", "2", "2"]  # each once more, in a task, at once
-        assert svc.es.docs == {("users", "1"): {"id": 1, "v": 1}, ("users", "2"): {"id": 2, "v": 2}}
-        assert svc.stats.handler_retries == 0
-        assert svc.set_aside.failures == []
-        await svc.feed(record(1, [(3, 3)]))
-        await svc.settled()
-        assert runs[-1] == "3"
-        assert runs.count("3") == 1  # its route goes to tasks now
+
+async def rebinds(change: Change, ctx: Context) -> None:
+    ctx = ctx.es  # type: ignore[assignment]
+    await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+class Methods:
+    async def handle(self, change: Change, ctx: Context) -> None:
+        await ctx.write({"_index": "users", "_id": change.pk, "_source": change.row})
+
+
+def test_a_handler_awaiting_only_its_writes_is_stepped_and_no_other() -> None:
+    registry = Registry()
+    registry.add("shop.a", writes_only)
+    registry.add("shop.b", Methods().handle)
+    registry.add("shop.c", reads_first)
+    registry.add("shop.d", awaits_a_helper)
+    registry.add("shop.e", times_out)
+    registry.add("shop.f", rebinds)
+    registry.add("shop.g", _made_at_run_time())  # no source file to read
+    registry.add("shop.h", _with_a_timeout(writes_only))  # the wrapper is what runs
+    steppable = {route.pattern: route.steppable for route in registry.routes}
+    assert steppable == {"shop.a": True, "shop.b": True, "shop.c": False, "shop.d": False,
+                         "shop.e": False, "shop.f": False, "shop.g": False, "shop.h": False}
+
+
+def _with_a_timeout(handler: Any) -> Any:
+    @functools.wraps(handler)
+    async def wrapper(change: Change, ctx: Context) -> None:
+        async with asyncio.timeout(1):
+            await handler(change, ctx)
+
+    return wrapper
+
+
+def _made_at_run_time() -> Any:
+    namespace: dict[str, Any] = {}
+    exec("async def made(change, ctx):\n    await ctx.index(index='x', id='1', doc={})\n",
+         namespace)
+    return namespace["made"]
