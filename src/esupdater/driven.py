@@ -58,39 +58,29 @@ class Rest:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro = self.coro
-        yielded = self.yielded
-        if self.write is not None:
+        # What the coroutine waits for: the write, or what it yielded (a task resumes it
+        # with None once that is done, or throws in what came of it).
+        waiting: Generator[Any, Any, Any] = (
+            _wait_for(self.yielded) if self.write is None else self.write.__await__())
+        while True:
+            throwing: BaseException | None = None
             try:
-                result = yield from self.write.__await__()
+                sending = yield from waiting
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as exc:  # noqa: BLE001 - a cancel too: raised where it awaits
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(result)
-                except StopIteration as stop:
-                    return stop.value
-        while True:
+                sending, throwing = None, exc
             try:
-                sent = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - as a task throws it in
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+                yielded = coro.send(sending) if throwing is None else coro.throw(throwing)
+            except StopIteration as stop:
+                return stop.value
+            waiting = _wait_for(yielded)
+
+
+def _wait_for(yielded: Any) -> Generator[Any, Any, None]:
+    """Hands what a coroutine yielded to the task now running it."""
+    yield yielded
 
 
 def outside_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
