@@ -175,6 +175,11 @@ async def test_check_prints_the_route_table_and_exits_0(new_service: ServiceFact
     customers = next(line for line in lines if "shop.customers" in line)
     assert "customer_document (mapper)" in customers
     assert "(mapper)" not in users
+    # Both handlers await nothing but their ctx writes: stepped by their batch.
+    stepped = next(line for line in lines if line.startswith("stepped by their batch"))
+    assert "itest_handlers:sync_user" in stepped
+    assert "itest_handlers:new_order" in stepped
+    assert not any(line.startswith("a task per row") for line in lines), checked
 
 
 async def test_check_exits_2_naming_the_unknown_key_and_the_file(

@@ -15,6 +15,7 @@ from typing import Any
 
 from esupdater.canal.build import flat_message
 from esupdater.change import Change
+from esupdater.cli import handler_paths
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.routing import Registry
@@ -350,6 +351,19 @@ def test_a_handler_awaiting_only_its_writes_is_stepped_and_no_other() -> None:
     steppable = {route.pattern: route.steppable for route in registry.routes}
     assert steppable == {"shop.a": True, "shop.b": True, "shop.c": False, "shop.d": False,
                          "shop.e": False, "shop.f": False, "shop.g": False, "shop.h": False}
+
+
+def test_check_says_which_handlers_are_stepped_and_which_run_in_tasks() -> None:
+    registry = Registry()
+    registry.add("shop.a", writes_only)
+    registry.add("shop.b", writes_only, types={"DELETE"})  # one handler, named once
+    registry.add("shop.c", reads_first)
+    registry.add_mapper("shop.d", lambda change: None)  # a mapper: neither
+    stepped, in_tasks = handler_paths(registry.routes)
+    assert stepped == ("stepped by their batch (they await only their ctx writes): "
+                       "tests.unit.test_driven_handlers:writes_only")
+    assert in_tasks == ("a task per row (they await more than their ctx writes): "
+                        "tests.unit.test_driven_handlers:reads_first")
 
 
 def _with_a_timeout(handler: Any) -> Any:
