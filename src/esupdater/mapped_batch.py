@@ -1,13 +1,16 @@
-"""A fetch's mapped rows settled together: one holder in the pool, one write group per lane.
+"""A fetch's rows settled together: one holder in the pool, one write group per lane.
 
-The rows of one fetched batch whose one route is a mapper and whose key has nothing in flight
-are claimed in the dispatcher by one `MappedBatch` (a slot each, their keys held), mapped in
-one pass and written through `BulkWriter.queue_group`: their action lines serialised in a
-loop, one answer call per group, and no future, ticket queue or pool entry per row. A row
-that does not fit goes on alone as a `MappedRow` owned by the batch, with the retries,
-set-aside and document order it always had: several actions, a document with another
-unsettled write, a mapper that raises, a write that fails. The batch ends, giving back its
-slots and keys, once every row is done, so a key's next row never overtakes one of these.
+The rows of one fetched batch whose one route is a mapper, or a handler that awaits only its
+ctx writes (esupdater.driven), and whose key has nothing in flight are claimed in the
+dispatcher by one `MappedBatch` (a slot each, their keys held). They are mapped in one pass,
+or their handlers stepped to the write they await, and written through
+`BulkWriter.queue_group`: their action lines serialised in a loop, one answer call per
+group, and no future, task, ticket queue or pool entry per row; a handler is then sent its
+item and stepped on. A row that does not fit goes on alone as a `MappedRow` owned by the
+batch, with the retries, set-aside and document order it always had: several actions, a
+document with another unsettled write, a mapper or handler that raises, a write that fails.
+The batch ends, giving back its slots and keys, once every row is done, so a key's next row
+never overtakes one of these.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ _MOST_ROWS = 4096
 
 
 class MappedBatch(asyncio.Future[None]):
-    """Mapped rows of one partition's fetch, claimed together; resolved when all are done.
+    """Rows of one partition's fetch, claimed together; resolved when all are done.
 
     A key may come back in the same fetch (an INSERT, then an UPDATE of the row), or in a
     later one while its row here is unfinished: its later rows follow here, each mapped and
