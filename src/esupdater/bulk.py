@@ -134,10 +134,13 @@ class Group:
     """Actions of several rows queued as one item of a lane, their lines serialised once,
     answered in one call (`queue_group`): no future per action."""
 
-    __slots__ = ("actions", "keys", "lines", "owner", "rows", "size", "tickets")
+    __slots__ = ("actions", "awaited", "keys", "lines", "owner", "rows", "size", "tickets")
 
-    def __init__(self, owner: GroupOwner) -> None:
+    def __init__(self, owner: GroupOwner, awaited: bool = False) -> None:
         self.owner = owner
+        #: Its owner hands each item on to a caller that may read it (a stepped handler's
+        #: write): the request asks for whole items.
+        self.awaited = awaited
         self.actions: list[Action] = []
         self.tickets: list[Ticket] = []
         self.keys: list[tuple[Any, Any]] = []
@@ -324,7 +327,7 @@ class BulkWriter:
             self.done_with(ticket, key)
 
     def queue_group(
-        self, owner: GroupOwner, rows: Iterable[tuple[int, Action]]
+        self, owner: GroupOwner, rows: Iterable[tuple[int, Action]], awaited: bool = False
     ) -> tuple[list[int], list[Group]]:
         """Queue the one action of each of several rows (row number, action) as groups,
         one per lane, their lines serialised now and answered in one call per group
@@ -332,6 +335,7 @@ class BulkWriter:
         queue one by one (`queue_nowait`): an action with no id, one whose document has
         another unsettled write (its order needs a ticket queue), or one that cannot be
         serialised or keyed (its failure is the row's own); and the groups it queued.
+        `awaited`: the owner hands the items on to a caller that may read them (`Group`).
         """
         order, lanes, limits = self._order, self._lanes, self.limits
         groups: list[Group | None] = [None] * len(lanes)
@@ -348,7 +352,7 @@ class BulkWriter:
                 number = hash(key) % len(lanes)
                 group = groups[number]
                 if group is None:
-                    group = groups[number] = Group(owner)
+                    group = groups[number] = Group(owner, awaited)
                 lines = group.lines
                 before = len(lines)
                 # _lines's usual case, inlined: an index action of ctx.index's shape.
@@ -378,7 +382,7 @@ class BulkWriter:
                 del lines[before:]
                 self._seal(group, number)
                 sealed.append(group)
-                group = groups[number] = Group(owner)
+                group = groups[number] = Group(owner, awaited)
                 group.lines.extend(carried)
             ticket = Ticket(None)
             order[key] = ticket  # its document's only unsettled write
@@ -545,6 +549,8 @@ class BulkWriter:
                                       or batch.size + item.size > limits.max_chunk_bytes):
                     break  # the next request's first
                 items.popleft()
+                if item.awaited:
+                    batch.awaited = True
                 batch.items.append(item)
                 batch.lines += item.lines
                 batch.size += item.size

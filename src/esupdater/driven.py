@@ -110,21 +110,10 @@ def only_awaits_writes(handler: Callable[..., Any]) -> bool:
     current task). Such a handler is stepped by its batch; any other runs in a task of its
     own per row. False when its source cannot be read, or is not all of what runs (a
     wrapper's)."""
-    if hasattr(handler, "__wrapped__"):
-        return False  # its source would be the wrapped function's, not what runs
-    try:
-        source = textwrap.dedent(inspect.getsource(handler))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
+    found = _handler_source(handler)
+    if found is None:
         return False
-    found = [node for node in tree.body if isinstance(node, ast.AsyncFunctionDef)]
-    if len(found) != 1:
-        return False
-    function = found[0]
-    parameters = function.args.posonlyargs + function.args.args
-    if len(parameters) < 2:  # (change, ctx), after self if a method
-        return False
-    ctx = parameters[-1].arg
+    function, ctx = found
     for node in ast.walk(function):
         if isinstance(node, ast.AsyncWith | ast.AsyncFor):
             return False
@@ -135,6 +124,41 @@ def only_awaits_writes(handler: Callable[..., Any]) -> bool:
         if isinstance(node, ast.Await) and not _is_write(node.value, ctx):
             return False
     return True
+
+
+def reads_write_results(handler: Callable[..., Any]) -> bool:
+    """Whether the handler may use what a ctx write it awaits returns: False only when
+    each `await` in its source is a statement of its own (`await ctx.index(...)`), so its
+    writes' items are never read. Then its batch asks Elasticsearch for each item's status
+    and error only, as for a mapper's writes (a smaller answer to build and parse)."""
+    found = _handler_source(handler)
+    if found is None:
+        return True
+    function, _ = found
+    discarded = {id(node.value) for node in ast.walk(function) if isinstance(node, ast.Expr)}
+    return any(
+        isinstance(node, ast.Await) and id(node) not in discarded for node in ast.walk(function)
+    )
+
+
+def _handler_source(handler: Callable[..., Any]) -> tuple[ast.AsyncFunctionDef, str] | None:
+    """The handler's `async def` as parsed from its source, and its ctx parameter's name;
+    None when its source cannot be read or is not all of what runs (a wrapper's)."""
+    if hasattr(handler, "__wrapped__"):
+        return None  # its source would be the wrapped function's, not what runs
+    try:
+        source = textwrap.dedent(inspect.getsource(handler))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):
+        return None
+    found = [node for node in tree.body if isinstance(node, ast.AsyncFunctionDef)]
+    if len(found) != 1:
+        return None
+    function = found[0]
+    parameters = function.args.posonlyargs + function.args.args
+    if len(parameters) < 2:  # (change, ctx), after self if a method
+        return None
+    return function, parameters[-1].arg
 
 
 def _is_write(awaited: ast.expr, ctx: str) -> bool:

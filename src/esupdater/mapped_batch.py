@@ -52,7 +52,7 @@ class MappedBatch(asyncio.Future[None]):
     go of it: a batch pins no more than its unfinished rows. Cancelling it (revocation,
     stop) withdraws the writes not yet sent and cancels the rows that went on alone."""
 
-    __slots__ = ("driven", "entries", "followers", "group", "groups", "held", "left",
+    __slots__ = ("awaited", "driven", "entries", "followers", "group", "groups", "held", "left",
                  "partition", "rows", "slow", "started")
 
     def __init__(
@@ -71,6 +71,8 @@ class MappedBatch(asyncio.Future[None]):
         self.slow: dict[MappedRow, int] = {}  # unfinished rows gone on alone: their number
         # Handlers being stepped here, by row number: awaiting the write they yielded.
         self.driven: dict[int, tuple[Coroutine[Any, Any, Any], Context]] = {}
+        # A handler stepped here may read its writes' items: its groups ask for whole ones.
+        self.awaited = False
         self.left = 0  # rows not done yet
         self.held = 0  # slots held, once sent
         self.started = 0.0
@@ -152,7 +154,7 @@ class MappedBatch(asyncio.Future[None]):
     def _queue(self, single: list[tuple[int, Action]]) -> None:
         """Queue one action of each row as groups; the ones left out go on alone."""
         rows = self.rows
-        left_out, groups = rows.writer.queue_group(self, single)
+        left_out, groups = rows.writer.queue_group(self, single, self.awaited)
         self.groups += groups
         if left_out:
             by_row = dict(single)
@@ -191,6 +193,8 @@ class MappedBatch(asyncio.Future[None]):
                     coro: Coroutine[Any, Any, Any] = route.handler(  # type: ignore[assignment]
                         change, ctx)
                     driven[number] = (coro, ctx)
+                    if route.reads_items:
+                        self.awaited = True
                 else:
                     coro, ctx = state
                 ctx.driving = True

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change
-from esupdater.driven import only_awaits_writes
+from esupdater.driven import only_awaits_writes, reads_write_results
 from esupdater.errors import ConfigError
 from esupdater.mapping import Mapper, as_handler
 
@@ -70,6 +70,9 @@ class Route:
     #: Whether the handler awaits nothing but its ctx writes (esupdater.driven): then its
     #: rows are stepped by their batch rather than run in a task each.
     steppable: bool = False
+    #: Whether such a handler may read what its awaited writes return (each item); when
+    #: not, its writes' answers carry only each item's status and error.
+    reads_items: bool = True
 
     @property
     def name(self) -> str:
@@ -116,7 +119,8 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
         raise RouteError(f"{where}: a handler must be an `async def` function")
     _check_signature(handler, where, "two arguments, (change, ctx)", 2)
     route = _route(pattern, handler, types, where)
-    return dataclasses.replace(route, steppable=only_awaits_writes(handler))
+    return dataclasses.replace(route, steppable=only_awaits_writes(handler),
+                               reads_items=reads_write_results(handler))
 
 
 def make_mapper_route(

@@ -10,6 +10,7 @@ from tests.integration.service_harness import (
     doc_count,
     eventually,
     row,
+    settled,
     source,
     wait_count,
 )
@@ -199,3 +200,29 @@ async def test_a_delete_removes_the_document_and_deleting_a_missing_one_is_fine(
     assert await doc_count(es, service.index) == 1
     await service.stop()
     assert await service.lag() == {0: 0}
+
+
+async def test_a_handler_awaiting_its_writes_gets_elasticsearchs_whole_item(
+    new_service: ServiceFactory, canal: CanalProducer, es: AsyncElasticsearch
+) -> None:
+    """The handler only awaits its writes, so its batch steps it (esupdater.driven): the item
+    it gets is still the whole answer (index, id, version, result), not only the status."""
+    service = await new_service("item_reader")
+    for i in range(1, 4):
+        await canal.rows(service.topic, "users", "INSERT", [row(i)])
+    await canal.rows(service.topic, "users", "UPDATE", [row(2, v=1)], old=[{"v": "0"}])
+    await canal.flush()
+    await service.started()
+    await service.rows_done(4)
+
+    await settled(lambda: es.indices.refresh(index=f"{service.index}-items"))
+    found = await settled(lambda: es.search(index=f"{service.index}-items", size=10))
+    seen = {hit["_id"]: hit["_source"] for hit in found["hits"]["hits"]}
+    assert seen == {
+        "1": {"index": service.index, "id": "1", "version": 1, "result": "created",
+              "status": 201},
+        "2": {"index": service.index, "id": "2", "version": 2, "result": "updated",
+              "status": 200},
+        "3": {"index": service.index, "id": "3", "version": 1, "result": "created",
+              "status": 201},
+    }

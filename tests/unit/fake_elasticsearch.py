@@ -43,6 +43,8 @@ class Call:
     """One bulk request: its actions in order, as (op_type, index, id, body)."""
 
     actions: list[tuple[str, str, str, Doc | None]]
+    #: The fields of each item the request asked for (`filter_path`); None: all.
+    filter_path: str | None = None
 
 
 class FakeElasticsearch:
@@ -72,12 +74,14 @@ class FakeElasticsearch:
     def options(self, **_: Any) -> FakeElasticsearch:
         return self
 
-    async def bulk(self, *, operations: bytes | list[bytes], **_: Any) -> SimpleNamespace:
+    async def bulk(
+        self, *, operations: bytes | list[bytes], filter_path: str | None = None, **_: Any
+    ) -> SimpleNamespace:
         if isinstance(operations, bytes):  # one NDJSON body: every line ends with a newline
             assert operations.endswith(b"\n"), "an NDJSON body must end with a newline"
             operations = operations[:-1].split(b"\n")
         lines = [orjson.loads(line) for line in operations]
-        call = Call([])
+        call = Call([], filter_path)
         items: list[dict[str, Any]] = []
         n = len(self.calls) + 1
         i = 0
@@ -100,6 +104,10 @@ class FakeElasticsearch:
                                    "error": {"type": error_type, "reason": "scripted"}}})
             else:
                 items.append({op: self._apply(op, index, doc_id, body)})
+        if filter_path is not None:  # as Elasticsearch: only the fields asked for
+            kept = {path.removeprefix("items.*.") for path in filter_path.split(",")}
+            items = [{op: {name: value for name, value in item.items() if name in kept}}
+                     for ((op, item),) in (answer.items() for answer in items)]
         return SimpleNamespace(body={"errors": True, "items": items})
 
     def _apply(self, op: str, index: str, doc_id: str, body: Doc | None) -> dict[str, Any]:

@@ -333,6 +333,17 @@ async def rebinds(change: Change, ctx: Context) -> None:
     await ctx.index(index="users", id=change.pk, doc=change.row)
 
 
+async def discards(change: Change, ctx: Context) -> None:
+    if change.is_delete:
+        await ctx.delete(index="users", id=change.pk)
+    else:
+        await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+async def returns_an_item(change: Change, ctx: Context) -> dict[str, Any]:
+    return await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
 class Methods:
     async def handle(self, change: Change, ctx: Context) -> None:
         await ctx.write({"_index": "users", "_id": change.pk, "_source": change.row})
@@ -351,6 +362,38 @@ def test_a_handler_awaiting_only_its_writes_is_stepped_and_no_other() -> None:
     steppable = {route.pattern: route.steppable for route in registry.routes}
     assert steppable == {"shop.a": True, "shop.b": True, "shop.c": False, "shop.d": False,
                          "shop.e": False, "shop.f": False, "shop.g": False, "shop.h": False}
+
+
+def test_only_a_handler_that_may_read_its_writes_items_gets_whole_ones() -> None:
+    registry = Registry()
+    registry.add("shop.a", writes_only)  # item = await ctx.index(...)
+    registry.add("shop.b", Methods().handle)  # await ctx.write(...) alone
+    registry.add("shop.c", discards)
+    registry.add("shop.d", returns_an_item)
+    registry.add("shop.e", _made_at_run_time())  # no source: assumed to read them
+    reads = {route.pattern: route.reads_items for route in registry.routes}
+    assert reads == {"shop.a": True, "shop.b": False, "shop.c": False, "shop.d": True,
+                     "shop.e": True}
+
+
+async def test_a_handler_discarding_its_items_asks_for_statuses_and_one_reading_them_for_all(
+) -> None:
+    async def reads(change: Change, ctx: Context) -> None:
+        item = await ctx.index(index="users", id=change.pk, doc=change.row)
+        seen.append(item)
+
+    seen: list[dict[str, Any]] = []
+    for handler, status_only in ((discards, True), (reads, False)):
+        async with service(handled(handler)) as svc:
+            await svc.feed(record(0, [(1, 10), (2, 20)]))
+            await svc.settled()
+            assert svc.es.docs == {("users", "1"): {"id": 1, "v": 10},
+                                   ("users", "2"): {"id": 2, "v": 20}}
+            (call,) = svc.es.calls
+            asked = call.filter_path
+            assert (asked == "items.*.status,items.*.error") == status_only, asked
+    assert [(item["_id"], item["result"], item["status"]) for item in seen] == [
+        ("1", "created", 201), ("2", "created", 201)]
 
 
 def test_check_says_which_handlers_are_stepped_and_which_run_in_tasks() -> None:
