@@ -82,12 +82,18 @@ class Feeder:
     ) -> bool:
         """Submit the rows of one partition's fetched records, in order (aiokafka's records:
         `offset`, `value`, `timestamp` in ms); False once the partition was revoked meanwhile
-        (the rest is dropped, so this owner never commits it). `fed(pending)` after each
-        record, with the records the partition's commit point is holding back.
+        (the rest is dropped, so this owner never commits it). `fed(pending)` once they are
+        fed, with the records the partition's commit point is holding back (fetching, which
+        it may pause, comes after).
 
         One call per fetched batch: a row's job is submitted without waiting while the
         pool has room, so the usual record costs no coroutine of its own.
         """
+        # Revoked while an earlier partition of the fetch was fed: the next owner replays
+        # it. Asked once here: a revocation comes only while feeding awaits, and each await
+        # below asks `admit` again when it ends.
+        if not admit():
+            return False
         stats = self.stats
         topic, number = tp.topic, tp.partition
         decode = self.decoder.decode
@@ -107,10 +113,6 @@ class Feeder:
         batch: MappedBatch | None = None
         batch_size = self._batch_size
         for record in records:
-            if not admit():
-                if batch is not None:  # (never so: a revocation comes while this awaits)
-                    batch.cancel()
-                return False  # revoked while we were feeding: the next owner replays it
             offset, value = record.offset, record.value
             last = partition.last_tracked
             if last is not None and offset <= last:
@@ -127,8 +129,6 @@ class Feeder:
                     batch = None
                 if not await self._submit_undecodable(tp, position, value, exc, admit):
                     return False
-                if fed is not None:
-                    fed(partition.pending)
                 continue
             routed = []
             for change in changes:
@@ -224,10 +224,10 @@ class Feeder:
                                                             admit=admit)
                 if submitted is None:
                     return False
-            if fed is not None:
-                fed(partition.pending)
         if batch is not None and batch.entries:
             batch.send()
+        if fed is not None:
+            fed(partition.pending)
         return True
 
     async def _mapped_again(self, row: MappedRow, failed: Exception) -> None:

@@ -13,12 +13,15 @@ import functools
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from esupdater.canal.build import flat_message
 from esupdater.change import Change
 from esupdater.cli import handler_paths
 from esupdater.context import Context
 from esupdater.errors import BulkItemError
 from esupdater.routing import Registry
+from esupdater.testing import MemorySink, make_change
 from tests.unit.fake_elasticsearch import FakeElasticsearch
 from tests.unit.test_mapped_rows import (
     MAX_ATTEMPTS,
@@ -299,6 +302,24 @@ async def test_a_mapper_writing_nothing_for_a_hot_keys_many_rows_does_not_recurs
         assert mapped_rows == list(range(2500))
         assert svc.committable() == 2500
         assert svc.dispatcher.in_flight == 0
+
+
+async def test_a_write_called_while_stepped_and_awaited_in_a_task_is_an_ordinary_write() -> None:
+    sink = MemorySink()
+    ctx = Context(sink, None, make_change("shop", "users", "INSERT", {"id": 1}))
+    ctx.driving = True  # as while its batch steps the handler
+    write = ctx.index(index="users", id="1", doc={"v": 1})
+    never = ctx.delete(index="users", id="2")
+    ctx.driving = False
+    assert ctx.unfinished()
+    assert (await write)["result"] == "created"  # through the sink, not yielded to a batch
+    assert sink.get("users", "1") == {"v": 1}
+    error = ctx.unawaited_error("h")
+    assert error is not None and "ctx.delete(...) was never awaited" in str(error)
+    assert "ctx.index" not in str(error)
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await write
+    del never
 
 
 # -- which handlers a batch steps ----------------------------------------------------------------
