@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from array import array
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,13 @@ class Probe:
                 if outcome == "done":
                     probe.last = time.monotonic()
                     probe.rows += 1
+                    probe.note_ack(change)
+
+            def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
+                super().rows_done(done, seconds)
+                probe.last = time.monotonic()
+                probe.rows += len(done)
+                for _, change in done:
                     probe.note_ack(change)
 
         return AckSensor

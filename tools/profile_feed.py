@@ -43,6 +43,7 @@ from esupdater.deadletter import SetAside
 from esupdater.dispatch import KeyedDispatcher
 from esupdater.feeding import Feeder
 from esupdater.handling import HandlerRunner
+from esupdater.metrics import FreshnessSensor
 from esupdater.offsets import OffsetTracker
 from esupdater.service import tune_gc
 from esupdater.settings import Settings
@@ -106,6 +107,7 @@ async def run(values: list[tuple[int, bytes, int]], rows: int, *, mapped: bool =
     by a mapper."""
     settings = Settings()
     stats = Stats()
+    stats.sensor = FreshnessSensor(stats)  # as `esupdater run` installs it
     es = AnsweringElasticsearch()
     writer = BulkWriter(es, bulk_limits(settings), Backoff(), stats=stats)  # type: ignore[arg-type]
     await writer.start()

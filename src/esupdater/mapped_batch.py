@@ -317,9 +317,8 @@ class MappedBatch(asyncio.Future[None]):
                 observe(now - appended_at)
         sensor = stats.sensor
         if type(sensor) is not NullSensor:  # (the default one hears nothing: not called)
-            seconds = time.perf_counter() - self.started
-            for _, change, route, _, _ in finished:
-                sensor.handler_done(route, change, seconds, "done")
+            sensor.rows_done([(entry[2], entry[1]) for entry in finished],
+                             time.perf_counter() - self.started)
         stats.rows_done += len(finished)
         return [entry[0] for entry in finished]
 

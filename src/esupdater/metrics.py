@@ -16,7 +16,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -151,8 +151,24 @@ class FreshnessSensor:
         self._newest: dict[tuple[str, int], datetime] = {}
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
+        if outcome == "done":
+            self._applied(change)
+
+    def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
+        # One partition's rows: only the newest binlog time among them can move its mark.
+        newest: Change | None = None
+        newest_when: datetime | None = None
+        for _, change in done:
+            when = change.executed_at
+            if when is not None and (newest_when is None or when > newest_when):
+                newest, newest_when = change, when
+        if newest is not None:
+            self._applied(newest)
+
+    def _applied(self, change: Change) -> None:
+        """A row is done: its binlog time is the partition's mark if it is the newest."""
         when = change.executed_at
-        if when is None or outcome != "done":
+        if when is None:
             return
         position = change.position
         where = (position.topic, position.partition)
@@ -183,6 +199,10 @@ class StatsSensor(FreshnessSensor):
         if outcome == "done" and change.executed_at is not None:
             stats.binlog_to_applied_seconds.observe(
                 max(0.0, time.time() - change.executed_at.timestamp()))
+
+    def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
+        for route, change in done:  # every row feeds the histograms and the table counts
+            self.handler_done(route, change, seconds, "done")
 
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
         self.stats.bulk_request_duration_seconds.observe(seconds)

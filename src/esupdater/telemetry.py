@@ -161,6 +161,12 @@ class Sensor(Protocol):
         aside), "cancelled" (revocation or stop) or "failed" (escaped, will be retried).
         `route.name` is built on each call: a sensor that needs it pays for it."""
 
+    def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
+        """Rows of one partition done together (a fetch's batch), each by its one route,
+        `seconds` after the batch began: what `handler_done(route, change, seconds, "done")`
+        says for each, in one call, so that a sensor that needs less than every row (the
+        freshness sensor, only the newest) does not pay a call per row."""
+
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
         """A batch of `actions` actions handed to the bulk helper has its last answer (`ok`),
         or failed as a whole; one request, or several if it exceeded `max_chunk_bytes`."""
@@ -172,6 +178,9 @@ class NullSensor:
     __slots__ = ()
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
+        pass
+
+    def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
         pass
 
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:

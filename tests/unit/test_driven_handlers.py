@@ -315,7 +315,8 @@ async def test_a_write_called_while_stepped_and_awaited_in_a_task_is_an_ordinary
     assert (await write)["result"] == "created"  # through the sink, not yielded to a batch
     assert sink.get("users", "1") == {"v": 1}
     error = ctx.unawaited_error("h")
-    assert error is not None and "ctx.delete(...) was never awaited" in str(error)
+    assert error is not None
+    assert "ctx.delete(...) was never awaited" in str(error)
     assert "ctx.index" not in str(error)
     with pytest.raises(RuntimeError, match="already awaited"):
         await write

@@ -97,6 +97,10 @@ class RecordingSensor:
         assert seconds >= 0
         self.outcomes.append((change.pk, change.position.offset, outcome))
 
+    def rows_done(self, done: Sequence[tuple[Any, Change]], seconds: float) -> None:
+        for route, change in done:
+            self.handler_done(route, change, seconds, "done")
+
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
         pass
 

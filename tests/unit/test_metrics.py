@@ -7,10 +7,12 @@ and test_sensor_metrics.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.exposition import generate_latest
@@ -20,7 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 from esupdater import metrics
 from esupdater.change import Change
 from esupdater.context import Context
-from esupdater.metrics import StatsCollector, StatsSensor
+from esupdater.metrics import FreshnessSensor, StatsCollector, StatsSensor
 from esupdater.routing import Registry
 from esupdater.stats import Stats
 from esupdater.telemetry import Histograms, Kind, counter, declared, histogram
@@ -176,6 +178,37 @@ async def test_the_stats_sensor_feeds_the_handler_and_bulk_request_histograms() 
     assert scraped["esupdater_bulk_request_duration_seconds_bucket{le=0.025}"] == 1
     assert scraped["esupdater_bulk_request_duration_seconds_bucket{le=0.01}"] == 0
     assert stats.snapshot()["bulk_request_duration_seconds"]["count"] == 1
+
+
+def test_a_batchs_rows_done_at_once_move_the_freshness_mark_as_one_by_one() -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    seconds = (5, 9, None, 7, 9, 2)  # a later row can carry an earlier binlog time
+    changes = [
+        dataclasses.replace(  # make_change's default binlog time is now: none, for None
+            make_change("shop", "users", "INSERT", {"id": i}, partition=3),
+            executed_at=None if s is None else base + timedelta(seconds=s))
+        for i, s in enumerate(seconds)]
+    route = Registry().add("shop.users", _sync_user)
+    one_by_one, at_once = Stats(), Stats()
+    for change in changes:
+        FreshnessSensor(one_by_one).handler_done(route, change, 0.1, "done")
+    at_once_sensor = FreshnessSensor(at_once)
+    at_once_sensor.rows_done([(route, change) for change in changes[:2]], 0.1)
+    at_once_sensor.rows_done([(route, change) for change in changes[2:]], 0.1)
+    assert at_once.applied_until == one_by_one.applied_until == {
+        "test/3": (base + timedelta(seconds=9)).timestamp()}
+    FreshnessSensor(at_once).rows_done([(route, changes[2])], 0.1)  # no binlog time: no mark
+    assert at_once.applied_until == one_by_one.applied_until
+
+
+async def test_the_stats_sensor_counts_each_row_a_batch_reports_at_once() -> None:
+    stats = Stats()
+    route = Registry().add("shop.users", _sync_user)
+    StatsSensor(stats).rows_done(
+        [(route, make_change("shop", "users", "INSERT", {"id": i})) for i in range(3)], 0.2)
+    scraped = await asyncio.to_thread(samples, registry_of(stats))
+    assert scraped[f"esupdater_handler_duration_seconds_count{{route={route.name}}}"] == 3
+    assert stats.snapshot()["binlog_to_applied_seconds"]["count"] == 3
 
 
 @dataclass

@@ -7,6 +7,7 @@ the same counters from a running service are in tests/integration/test_observabi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -33,6 +34,10 @@ class Recording:
 
     def handler_done(self, route: Route, change: Change, seconds: float, outcome: str) -> None:
         self.handlers.append((route, change, seconds, outcome))
+
+    def rows_done(self, done: Sequence[tuple[Route, Change]], seconds: float) -> None:
+        for route, change in done:
+            self.handler_done(route, change, seconds, "done")
 
     def bulk_request_done(self, actions: int, seconds: float, ok: bool) -> None:
         self.requests.append((actions, seconds, ok))
