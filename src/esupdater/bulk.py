@@ -342,6 +342,7 @@ class BulkWriter:
         left_out: list[int] = []
         sealed: list[Group] = []
         index_headers, dumps = self._index_headers, self._dumps
+        new_ticket = object.__new__
         for row, action in rows:
             doc_id = action.get("_id")
             try:
@@ -384,7 +385,11 @@ class BulkWriter:
                 sealed.append(group)
                 group = groups[number] = Group(owner, awaited)
                 group.lines.extend(carried)
-            ticket = Ticket(None)
+            # Ticket(None) without its __init__ (a call from C): one per grouped row.
+            ticket = new_ticket(Ticket)
+            ticket.queue = None
+            ticket.failed = False
+            ticket.settled = None
             order[key] = ticket  # its document's only unsettled write
             group.actions.append(action)
             group.tickets.append(ticket)

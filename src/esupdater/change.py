@@ -73,8 +73,22 @@ class Change:
     #: read from the table itself (esupdater.table_reader: an INSERT of the row as it is,
     #: `position` = `<database>.<table>`, partition -1, offset = the row's number in the read).
     source: str = "binlog"
-    #: `pk`, once computed: it is asked for at least twice per row (the key, the handler).
-    known_pk: str | None = field(default=None, init=False, compare=False, repr=False)
+    #: The primary key as a string: Canal's string of a one-column key as it is; the values
+    #: of a composite key joined with `PK_SEPARATOR`, escaped (see `join_pk`). Empty for DDL
+    #: and for tables without a primary key.
+    pk: str = field(init=False, compare=False, repr=False)
+    #: `type` is INSERT, UPDATE, DELETE. These four are attributes, not properties, because
+    #: every row asks for them: a property is a call from C, about 1 µs on the hot path.
+    is_insert: bool = field(init=False, compare=False, repr=False)
+    is_update: bool = field(init=False, compare=False, repr=False)
+    is_delete: bool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pk = join_pk(self.pk_names, self.raw)
+        type_ = self.type
+        self.is_insert = type_ == "INSERT"
+        self.is_update = type_ == "UPDATE"
+        self.is_delete = type_ == "DELETE"
 
     @property
     def topic(self) -> str:
@@ -115,30 +129,6 @@ class Change:
         return self.source == "table"
 
     @property
-    def is_insert(self) -> bool:
-        return self.type == "INSERT"
-
-    @property
-    def is_update(self) -> bool:
-        return self.type == "UPDATE"
-
-    @property
-    def is_delete(self) -> bool:
-        return self.type == "DELETE"
-
-    @property
-    def pk(self) -> str:
-        """The primary key as a string: Canal's string of a one-column key as it is; the values
-        of a composite key joined with `PK_SEPARATOR`, escaped (see `join_pk`).
-
-        Empty for DDL and for tables without a primary key.
-        """
-        pk = self.known_pk
-        if pk is None:
-            pk = self.known_pk = join_pk(self.pk_names, self.raw)
-        return pk
-
-    @property
     def key(self) -> tuple[str, str, str]:
         """What per-document ordering is keyed on: (database, table, pk)."""
         return (self.database, self.table, self.pk)
@@ -147,6 +137,51 @@ class Change:
     def old_key(self) -> tuple[str, str, str] | None:
         """`key` before an UPDATE that changed the primary key (see `old_pk`), else None."""
         return None if self.old_pk is None else (self.database, self.table, self.old_pk)
+
+
+_new = object.__new__
+
+
+def row_change(
+    database: str, table: str, type_: str, row: dict[str, Any], old: dict[str, Any] | None,
+    pk_names: tuple[str, ...], raw: dict[str, str | None], executed_at: datetime | None,
+    position: Position, row_index: int, changed: frozenset[str], old_pk: str | None,
+) -> Change:
+    """`Change(...)` of a binlog row (no DDL, `sql` empty), as a decoder builds one per row:
+    the same object, made without the dataclass's `__init__`, which Python calls from C
+    (about 1 µs a row). `raw` must hold only strings and None."""
+    change: Change = _new(Change)
+    change.database = database
+    change.table = table
+    change.type = type_
+    change.row = row
+    change.old = old
+    change.pk_names = pk_names
+    change.raw = raw
+    change.executed_at = executed_at
+    change.sql = ""
+    change.position = position
+    change.row_index = row_index
+    change.is_ddl = False
+    change.changed = changed
+    change.old_pk = old_pk
+    change.source = "binlog"
+    # join_pk's one-column case inlined
+    change.pk = (raw.get(pk_names[0]) or "") if len(pk_names) == 1 else join_pk(pk_names, raw)
+    change.is_insert = type_ == "INSERT"
+    change.is_update = type_ == "UPDATE"
+    change.is_delete = type_ == "DELETE"
+    return change
+
+
+def new_position(topic: str, partition: int, offset: int) -> Position:
+    """`Position(topic, partition, offset)` without the dataclass's `__init__` (one per
+    record on the hot path; see `row_change`)."""
+    position: Position = _new(Position)
+    position.topic = topic
+    position.partition = partition
+    position.offset = offset
+    return position
 
 
 def join_pk(pk_names: tuple[str, ...], raw: Mapping[str, str | None]) -> str:

@@ -14,10 +14,12 @@ from esupdater import actions
 from esupdater.actions import Action
 from esupdater.bulk import BulkSink
 from esupdater.change import Change
-from esupdater.driven import PendingWrite
+from esupdater.driven import pending_write
 from esupdater.errors import UnawaitedCallError
 
 Result = Coroutine[Any, Any, dict[str, Any]]
+
+_new = object.__new__
 
 _handler_log = logging.getLogger("esupdater.handler")
 
@@ -157,7 +159,7 @@ class Context:
         """A write called while the batch steps the handler: queued by the batch if still
         so when awaited, else (awaited later, in a task) as any other."""
         if self.driving:
-            return await PendingWrite(action)
+            return await pending_write(action)
         return await self.sink.execute(action)
 
     async def _gather(self, actions: Iterable[Action]) -> list[dict[str, Any]]:
@@ -169,3 +171,15 @@ class Context:
                 raise result
         return [r for r in results if not isinstance(r, BaseException)]
 
+
+def stepped_context(sink: BulkSink, es: AsyncElasticsearch | None, change: Change) -> Context:
+    """`Context(sink, es, change)` without its `__init__`, which Python calls from C: one is
+    made per row a batch steps (esupdater.mapped_batch)."""
+    ctx: Context = _new(Context)
+    ctx.sink = sink
+    ctx.change = change
+    ctx._log = None
+    ctx.es = es  # type: ignore[assignment]  # None only in the test harness
+    ctx._writes = []
+    ctx.driving = False
+    return ctx

@@ -20,6 +20,7 @@ import ast
 import asyncio
 import inspect
 import textwrap
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
@@ -38,6 +39,20 @@ class PendingWrite:
     def __await__(self) -> Generator[Any, Any, dict[str, Any]]:
         item: dict[str, Any] = yield self
         return item
+
+
+_new = object.__new__
+
+
+@types.coroutine
+def pending_write(action: Action) -> Generator[Any, Any, dict[str, Any]]:
+    """`await PendingWrite(action)` with no call from C: a generator-based coroutine is
+    awaited as it is, while a `PendingWrite` would be constructed, then asked for
+    `__await__`, each a call into Python from C (about 1 µs a row together)."""
+    pending: PendingWrite = _new(PendingWrite)
+    pending.action = action
+    item: dict[str, Any] = yield pending
+    return item
 
 
 class Rest:

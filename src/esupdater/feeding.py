@@ -15,7 +15,7 @@ from aiokafka.structs import TopicPartition
 
 from esupdater.backoff import Backoff, retry
 from esupdater.bulk import BulkWriter
-from esupdater.change import Change, Position
+from esupdater.change import Change, Position, new_position
 from esupdater.deadletter import Failure, PartitionGate, SetAside, Unapplied
 from esupdater.decoding import DecodeError, Decoder
 from esupdater.dispatch import KeyedDispatcher
@@ -120,7 +120,7 @@ class Feeder:
                             topic, number, offset, last)
                 continue
             stats.records += 1
-            position = Position(topic, number, offset)
+            position = new_position(topic, number, offset)
             try:
                 changes = decode(value, position)
             except DecodeError as exc:
@@ -159,7 +159,7 @@ class Feeder:
                     )
                 else:
                     # A new primary key: the job also comes after (and before) the old key's.
-                    key = change.key
+                    key = (change.database, change.table, change.pk)  # change.key, no call
                     after = None if change.old_pk is None else change.old_key
                     if (
                         len(routes) == 1 and after is None and mapped is not None

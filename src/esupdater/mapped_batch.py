@@ -24,7 +24,7 @@ from typing import Any
 from esupdater.actions import Action
 from esupdater.bulk import Group
 from esupdater.change import Change
-from esupdater.context import Context
+from esupdater.context import Context, stepped_context
 from esupdater.driven import PendingWrite, back_in_task, outside_task
 from esupdater.errors import HandlerCancelledError
 from esupdater.mapped_rows import MappedRow, MappedRows
@@ -188,7 +188,7 @@ class MappedBatch(asyncio.Future[None]):
                 route = entries[number][2]  # type: ignore[index]  # unfinished
                 if state is None:
                     change = entries[number][1]  # type: ignore[index]
-                    ctx = Context(writer, es, change)
+                    ctx = stepped_context(writer, es, change)
                     # An async def (routing checks it): its coroutine.
                     coro: Coroutine[Any, Any, Any] = route.handler(  # type: ignore[assignment]
                         change, ctx)

@@ -26,7 +26,9 @@ class PartitionOffsets:
         self._rows_left: dict[int, int] = {}  # offset -> row jobs not yet done
         self._appended: dict[int, float] = {}  # offset -> the record's Kafka time, if known
         self._last_done: int | None = None  # end of the contiguous done run
-        self._last_tracked: int | None = None
+        #: The last offset tracked (fetch order). An attribute, not a property: feeding
+        #: reads it for every record.
+        self.last_tracked: int | None = None
         self._first_tracked: int | None = None
         self._committed: int | None = None
         #: The group's committed offset when this process got the partition (for lag).
@@ -44,10 +46,6 @@ class PartitionOffsets:
         return self._committed
 
     @property
-    def last_tracked(self) -> int | None:
-        return self._last_tracked
-
-    @property
     def low_water(self) -> int | None:
         """The first offset not known to be done and committed: lag is counted from here."""
         if self._committed is not None:
@@ -61,12 +59,12 @@ class PartitionOffsets:
         and its Kafka time (epoch seconds), which `row_done` gives back when it is done."""
         if rows < 0:
             raise ValueError(f"rows must be >= 0, got {rows} for offset {offset}")
-        if self._last_tracked is not None and offset <= self._last_tracked:
+        if self.last_tracked is not None and offset <= self.last_tracked:
             raise ValueError(
-                f"offset {offset} tracked after {self._last_tracked}: offsets must increase "
+                f"offset {offset} tracked after {self.last_tracked}: offsets must increase "
                 "(call reset() after a seek or a rebalance)"
             )
-        self._last_tracked = offset
+        self.last_tracked = offset
         if self._first_tracked is None:
             self._first_tracked = offset
         if rows == 0 and not self._order:
@@ -135,7 +133,7 @@ class PartitionOffsets:
         self._order.clear()
         self._rows_left.clear()
         self._appended.clear()
-        self._last_done = self._last_tracked = self._first_tracked = self._committed = None
+        self._last_done = self.last_tracked = self._first_tracked = self._committed = None
         self.start = None
 
 

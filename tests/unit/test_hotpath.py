@@ -226,3 +226,70 @@ def test_the_action_lines_kept_per_index_say_what_the_general_path_says(
         else:
             assert orjson.loads(lines[1]) == action["_source"]
         assert size == sum(len(line) + 1 for line in lines)
+
+
+def _slots(obj: object) -> dict[str, Any]:
+    """Every slot of `obj` up its classes, unset ones as a marker (so none can be missed)."""
+    names = [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ())]
+    assert names, f"{type(obj).__name__} has no slots"
+    return {name: getattr(obj, name, "<unset>") for name in names}
+
+
+@pytest.mark.parametrize(("type_", "pk_names", "old", "old_pk"), [
+    ("INSERT", ("id",), None, None),
+    ("UPDATE", ("id",), {"id": "6"}, "6"),
+    ("DELETE", ("id",), None, None),
+    ("UPDATE", ("a", "b"), {"b": "x:y"}, "1:x\\:y"),  # a composite key, escaped
+    ("INSERT", (), None, None),  # no primary key
+])
+def test_the_hot_path_constructors_build_what_the_ordinary_ones_build(
+    type_: str, pk_names: tuple[str, ...], old: dict[str, Any] | None, old_pk: str | None,
+) -> None:
+    """row_change and new_position skip the dataclasses' __init__; every slot, the derived
+    ones (`pk`, `is_*`) included, must come out as the ordinary constructor sets it."""
+    from esupdater.change import Change, new_position, row_change
+
+    raw: dict[str, str | None] = {"id": "7", "a": "1", "b": "2"}
+    when = datetime(2024, 3, 1, tzinfo=UTC)
+    position = Position("t", 3, 12)
+    changed = frozenset(old or ())
+    fast = row_change("db", "t", type_, {"id": 7}, old, pk_names, raw, when,
+                      new_position("t", 3, 12), 2, changed, old_pk)
+    ordinary = Change("db", "t", type_, {"id": 7}, old, pk_names, raw, when, "", position, 2,
+                      False, changed, old_pk)
+    assert _slots(fast) == _slots(ordinary)
+    assert _slots(fast.position) == _slots(position)
+    assert fast == ordinary
+    assert fast.is_delete == (type_ == "DELETE")
+    assert fast.pk == ("7" if pk_names == ("id",) else "1:2" if pk_names else "")
+
+
+def test_a_stepped_handlers_context_is_the_one_its_constructor_makes() -> None:
+    from esupdater.context import Context, stepped_context
+    from esupdater.testing import make_change
+
+    change = make_change("db", "t", row={"id": 1})
+    sink = cast(Any, object())
+    fast, ordinary = stepped_context(sink, None, change), Context(sink, None, change)
+    assert _slots(fast) == _slots(ordinary)
+    assert fast._writes is not ordinary._writes  # one list each
+
+
+def test_a_grouped_rows_ticket_is_the_one_its_constructor_makes() -> None:
+    """queue_group builds each grouped row's Ticket without its __init__."""
+    from esupdater.bulk import Ticket
+
+    class Owner:
+        def done(self) -> bool:
+            return False
+
+    async def main() -> dict[str, Any]:
+        writer = BulkWriter(cast(Any, FakeElasticsearch()), BulkLimits(), QUICK)
+        action = {"_op_type": "index", "_index": "i", "_id": "1", "_source": {"a": 1}}
+        left_out, groups = writer.queue_group(cast(Any, Owner()), [(0, action)])
+        assert left_out == []
+        (group,) = groups
+        (ticket,) = group.tickets
+        return _slots(ticket)
+
+    assert asyncio.run(main()) == _slots(Ticket(None))

@@ -17,7 +17,14 @@ from esupdater.canal.events import (
     recent_times,
 )
 from esupdater.canal.values import RowTyper, TypeRow, converter_for
-from esupdater.change import DDL_TYPES, ROW_TYPES, Change, Position, previous_pk
+from esupdater.change import (
+    DDL_TYPES,
+    ROW_TYPES,
+    Change,
+    Position,
+    previous_pk,
+    row_change,
+)
 from esupdater.mysql_types import Converter
 
 _T = TypeVar("_T")
@@ -107,9 +114,8 @@ def decode_flat(value: bytes, position: Position, tinyint1_as_bool: bool) -> lis
             old = type_old(raw_old, position)
             changed = frozenset(raw_old)
             old_pk = previous_pk(pk_names, raw, raw_old)
-        # Positional, in Change's field order: one is built per row.
-        changes.append(Change(database, table, type_, row, old, pk_names, raw, when, "",
-                              position, index, False, changed, old_pk))
+        changes.append(row_change(database, table, type_, row, old, pk_names, raw, when,
+                                  position, index, changed, old_pk))
     return changes
 
 
