@@ -112,6 +112,13 @@ class Feeder:
         # sent before anything here awaits, and at the end.
         batch: MappedBatch | None = None
         batch_size = self._batch_size
+        # The last change's table and type, and their routes.
+        database: str | None = None
+        table: str | None = None
+        type_: str | None = None
+        routes: tuple[Route, ...] = ()
+        last_routes: tuple[Route, ...] | None = None
+        batched = False
         for record in records:
             offset, value = record.offset, record.value
             last = partition.last_tracked
@@ -132,7 +139,14 @@ class Feeder:
                 continue
             routed = []
             for change in changes:
-                routes = handlers_for(change.database, change.table, change.type)
+                # Consecutive rows usually share their table and type: looked up again only
+                # when one differs.
+                if (
+                    change.table != table or change.type != type_
+                    or change.database != database
+                ):
+                    database, table, type_ = change.database, change.table, change.type
+                    routes = handlers_for(database, table, type_)
                 if routes:
                     routed.append((change, routes))
                 else:
@@ -161,15 +175,17 @@ class Feeder:
                     # A new primary key: the job also comes after (and before) the old key's.
                     key = (change.database, change.table, change.pk)  # change.key, no call
                     after = None if change.old_pk is None else change.old_key
-                    if (
-                        len(routes) == 1 and after is None and mapped is not None
-                        and ((mapper := routes[0].mapper) is not None or routes[0].steppable)
-                    ):
+                    if routes is not last_routes:  # (the same tuple for a table's rows)
+                        last_routes = routes
+                        route = routes[0]
+                        mapper = route.mapper
                         # A row of one mapper or handler: no task, no job (see mapped_batch,
                         # mapped_rows, driven).
+                        batched = len(routes) == 1 and (mapper is not None or route.steppable)
+                    if batched and after is None and mapped is not None:
                         if batch is None:
                             batch = MappedBatch(loop, mapped, tp, partition)
-                        entry = (key, change, routes[0], mapper, value)
+                        entry = (key, change, route, mapper, value)
                         if claim(key, batch):
                             batch.entries.append(entry)
                         elif claim_again(key, batch):  # its key's earlier row is in it

@@ -295,3 +295,54 @@ async def test_a_row_let_in_by_a_freed_slot_follows_its_key_in_its_batch() -> No
         await svc.settled()
         assert svc.committable() == 4
         assert svc.handler_rows == []
+
+
+async def test_rows_of_several_tables_and_types_in_a_fetch_each_take_their_own_route() -> None:
+    """Feeding looks a row's routes up again only when its table or type differs from the
+    row before's: records alternating tables and types, and one (protobuf) holding several,
+    must each reach their own route, or none."""
+    from types import SimpleNamespace
+
+    from esupdater.canal.build import flat_message, protobuf_packet, protobuf_row_entry
+    from esupdater.change import Change
+    from esupdater.context import Context
+
+    types = {"id": "int", "v": "int"}
+    orders: list[tuple[str, str]] = []
+
+    async def on_order(change: Change, ctx: Context) -> None:
+        orders.append((change.type, change.pk))
+        await ctx.index(index="orders", id=change.pk, doc=change.row)
+
+    def order(offset: int, type_: str, order_id: int, v: int) -> SimpleNamespace:
+        old = [{"v": "0"}] if type_ == "UPDATE" else None
+        value = flat_message("shop", "orders", type_, [{"id": str(order_id), "v": str(v)}],
+                             mysql_types=types, old=old)
+        return SimpleNamespace(offset=offset, value=value, timestamp=-1)
+
+    def entry(table: str, type_: str, row_id: int, v: int) -> bytes:
+        old = [{"v": "0"}] if type_ == "UPDATE" else None
+        return protobuf_row_entry("shop", table, type_, [{"id": str(row_id), "v": str(v)}],
+                                  mysql_types=types, old=old)
+
+    mixed = protobuf_packet([entry("orders", "INSERT", 7, 1), entry("users", "INSERT", 8, 1),
+                             entry("orders", "UPDATE", 7, 2), entry("logs", "INSERT", 9, 1),
+                             entry("users", "UPDATE", 8, 2)])
+    registry = mapped()
+    registry.add("shop.orders", on_order, types={"INSERT"})
+    async with service(registry) as svc:
+        await svc.feed(record(0, [(1, 1)]), order(1, "INSERT", 2, 1),
+                       SimpleNamespace(offset=2, value=mixed, timestamp=-1),
+                       record(3, [(1, 2)], "UPDATE", old=[{"v": "1"}]),
+                       order(4, "UPDATE", 2, 2), order(5, "INSERT", 3, 1))
+        await svc.settled()
+        assert orders == [("INSERT", "2"), ("INSERT", "7"), ("INSERT", "3")]
+        assert svc.es.docs == {
+            ("users", "1"): {"id": 1, "v": 2},
+            ("users", "8"): {"id": 8, "v": 2},
+            ("orders", "2"): {"id": 2, "v": 1},
+            ("orders", "7"): {"id": 7, "v": 1},
+            ("orders", "3"): {"id": 3, "v": 1},
+        }
+        assert svc.stats.unrouted == 3  # both orders UPDATEs, the logs row
+        assert svc.committable() == 6
