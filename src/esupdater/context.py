@@ -45,8 +45,8 @@ class Context:
         self.es = es  # type: ignore[assignment]  # None only in the test harness
         # Every write called, flat: method, its coroutine, method, ... (no tuple per write);
         # a finished coroutine has no frame. Any: typing's Coroutine does not declare
-        # cr_frame, types.CoroutineType does.
-        self._writes: list[Any] = []
+        # cr_frame, types.CoroutineType does. None: not kept (`stepped_context`).
+        self._writes: list[Any] | None = []
         #: True while the batch running the handler steps its coroutine (esupdater.driven):
         #: a write awaited then goes to that batch rather than to a future of its own.
         self.driving = False
@@ -106,12 +106,15 @@ class Context:
         are applied in the given order, retries included.
         """
         coroutine = self._gather(actions)
-        self._writes += ("bulk", coroutine)
+        if self._writes is not None:
+            self._writes += ("bulk", coroutine)
         return coroutine
 
     def unfinished(self) -> bool:
         """Whether a write the handler called has not finished (cheap: no names built)."""
         writes = self._writes
+        if writes is None:  # not kept: the handler awaits each write where it calls it
+            return False
         for place in range(1, len(writes), 2):  # noqa: SIM110 - no generator per row
             if writes[place].cr_frame is not None:
                 return True
@@ -127,6 +130,7 @@ class Context:
             return None  # the usual case, kept cheap
         never, running = [], []
         writes = self._writes
+        assert writes is not None  # (unfinished: kept)
         for method, coroutine in zip(writes[::2], writes[1::2], strict=True):
             if coroutine.cr_frame is None:
                 continue
@@ -135,7 +139,7 @@ class Context:
                 never.append(f"ctx.{method}(...)")
             else:
                 running.append(f"ctx.{method}(...)")
-        self._writes.clear()
+        writes.clear()
         if not (never or running):
             return None
         where = f"{handler} ({self.change.position} row {self.change.row_index})"
@@ -151,8 +155,9 @@ class Context:
     def _write(self, method: str, action: Action) -> Result:
         coroutine = self._driven(action) if self.driving else self.sink.execute(action)
         writes = self._writes
-        writes.append(method)
-        writes.append(coroutine)
+        if writes is not None:
+            writes.append(method)
+            writes.append(coroutine)
         return coroutine
 
     async def _driven(self, action: Action) -> dict[str, Any]:
@@ -172,14 +177,18 @@ class Context:
         return [r for r in results if not isinstance(r, BaseException)]
 
 
-def stepped_context(sink: BulkSink, es: AsyncElasticsearch | None, change: Change) -> Context:
+def stepped_context(
+    sink: BulkSink, es: AsyncElasticsearch | None, change: Change, keep_writes: bool = True,
+) -> Context:
     """`Context(sink, es, change)` without its `__init__`, which Python calls from C: one is
-    made per row a batch steps (esupdater.mapped_batch)."""
+    made per row a batch steps (esupdater.mapped_batch). Not `keep_writes`: for a handler
+    that awaits each write where it calls it (`Route.awaits_every_write`), so none can be
+    left unawaited; `unfinished` is then always False."""
     ctx: Context = _new(Context)
     ctx.sink = sink
     ctx.change = change
     ctx._log = None
     ctx.es = es  # type: ignore[assignment]  # None only in the test harness
-    ctx._writes = []
+    ctx._writes = [] if keep_writes else None
     ctx.driving = False
     return ctx

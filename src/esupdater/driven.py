@@ -156,6 +156,39 @@ def reads_write_results(handler: Callable[..., Any]) -> bool:
     )
 
 
+def awaits_every_write(handler: Callable[..., Any]) -> bool:
+    """Whether the handler awaits each ctx write right where it calls it
+    (`await ctx.index(...)`) and uses its ctx for nothing but `ctx.<name>`: then no write it
+    calls can be left unawaited or unfinished when it returns, and its stepped rows skip
+    that check (`Context.unfinished`). False when its source cannot be read, or ctx goes
+    anywhere else (passed on, rebound, a write's coroutine kept or gathered)."""
+    found = _handler_source(handler)
+    if found is None:
+        return False
+    function, ctx = found
+    awaited = {id(node.value) for node in ast.walk(function) if isinstance(node, ast.Await)}
+    called = {id(node.func): node for node in ast.walk(function) if isinstance(node, ast.Call)}
+    used_as = {id(node.value): node for node in ast.walk(function)
+               if isinstance(node, ast.Attribute)}
+    for node in ast.walk(function):
+        if not (isinstance(node, ast.Name) and node.id == ctx):
+            continue
+        attribute = used_as.get(id(node))
+        if not isinstance(node.ctx, ast.Load) or attribute is None:
+            return False  # rebound, or ctx itself passed on or kept
+        if attribute.attr not in _WRITES and attribute.attr not in _PLAIN_ATTRIBUTES:
+            return False  # a method or attribute not known here
+        if attribute.attr in _WRITES:
+            call = called.get(id(attribute))
+            if call is None or id(call) not in awaited:
+                return False  # a write not awaited where it is called
+    return True
+
+
+#: The ctx attributes that are not writes (reading them leaves no write behind).
+_PLAIN_ATTRIBUTES = frozenset(("change", "es", "log"))
+
+
 def _handler_source(handler: Callable[..., Any]) -> tuple[ast.AsyncFunctionDef, str] | None:
     """The handler's `async def` as parsed from its source, and its ctx parameter's name;
     None when its source cannot be read or is not all of what runs (a wrapper's)."""

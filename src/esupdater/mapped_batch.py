@@ -188,7 +188,7 @@ class MappedBatch(asyncio.Future[None]):
                 route = entries[number][2]  # type: ignore[index]  # unfinished
                 if state is None:
                     change = entries[number][1]  # type: ignore[index]
-                    ctx = stepped_context(writer, es, change)
+                    ctx = stepped_context(writer, es, change, not route.awaits_every_write)
                     # An async def (routing checks it): its coroutine.
                     coro: Coroutine[Any, Any, Any] = route.handler(  # type: ignore[assignment]
                         change, ctx)
@@ -203,7 +203,7 @@ class MappedBatch(asyncio.Future[None]):
                 except StopIteration:
                     del driven[number]
                     ctx.driving = False
-                    if ctx.unfinished():
+                    if not route.awaits_every_write and ctx.unfinished():
                         unawaited = ctx.unawaited_error(route.name)
                         if unawaited is not None:
                             self._failed(number, unawaited)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esupdater.change import DDL_TYPES, ROW_TYPES, Change
-from esupdater.driven import only_awaits_writes, reads_write_results
+from esupdater.driven import awaits_every_write, only_awaits_writes, reads_write_results
 from esupdater.errors import ConfigError
 from esupdater.mapping import Mapper, as_handler
 
@@ -73,6 +73,9 @@ class Route:
     #: Whether such a handler may read what its awaited writes return (each item); when
     #: not, its writes' answers carry only each item's status and error.
     reads_items: bool = True
+    #: Whether such a handler awaits each ctx write right where it calls it: then none can
+    #: be left unawaited, and its stepped rows keep no list of their writes.
+    awaits_every_write: bool = False
 
     @property
     def name(self) -> str:
@@ -120,7 +123,8 @@ def make_route(pattern: str, handler: Handler, types: Iterable[str] | None = Non
     _check_signature(handler, where, "two arguments, (change, ctx)", 2)
     route = _route(pattern, handler, types, where)
     return dataclasses.replace(route, steppable=only_awaits_writes(handler),
-                               reads_items=reads_write_results(handler))
+                               reads_items=reads_write_results(handler),
+                               awaits_every_write=awaits_every_write(handler))
 
 
 def make_mapper_route(

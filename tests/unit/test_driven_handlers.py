@@ -398,6 +398,67 @@ def test_only_a_handler_that_may_read_its_writes_items_gets_whole_ones() -> None
                      "shop.e": True}
 
 
+async def forgets_one(change: Change, ctx: Context) -> None:
+    ctx.delete(index="old", id=change.pk)  # type: ignore[unused-coroutine]
+    await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+async def keeps_a_write(change: Change, ctx: Context) -> None:
+    write = ctx.index(index="users", id=change.pk, doc=change.row)
+    await write
+
+
+async def passes_ctx_on(change: Change, ctx: Context) -> None:
+    _helper(ctx)
+    await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+async def writes_in_a_lambda(change: Change, ctx: Context) -> None:
+    later = lambda: ctx.delete(index="old", id=change.pk)  # noqa: E731
+    del later
+    await ctx.index(index="users", id=change.pk, doc=change.row)
+
+
+async def reads_and_logs(change: Change, ctx: Context) -> None:
+    ctx.log.info("row %s of %s", change.pk, ctx.change.table)
+    item = await ctx.index(index="users", id=change.pk, doc=change.row)
+    if item["result"] != "created":
+        await ctx.delete(index="old", id=change.pk)
+
+
+def _helper(ctx: Context) -> None:
+    pass
+
+
+def test_only_a_handler_awaiting_each_write_where_it_calls_it_skips_the_unawaited_check(
+) -> None:
+    registry = Registry()
+    registry.add("shop.a", writes_only)
+    registry.add("shop.b", Methods().handle)
+    registry.add("shop.c", reads_and_logs)  # ctx.log, ctx.change: reading leaves no write
+    registry.add("shop.d", forgets_one)
+    registry.add("shop.e", keeps_a_write)
+    registry.add("shop.f", passes_ctx_on)
+    registry.add("shop.g", writes_in_a_lambda)
+    registry.add("shop.h", rebinds)
+    registry.add("shop.i", _made_at_run_time())
+    checked = {route.pattern: route.awaits_every_write for route in registry.routes}
+    assert checked == {"shop.a": True, "shop.b": True, "shop.c": True, "shop.d": False,
+                       "shop.e": False, "shop.f": False, "shop.g": False, "shop.h": False,
+                       "shop.i": False}
+
+
+async def test_a_stepped_handler_forgetting_a_write_beside_awaited_ones_is_still_caught(
+) -> None:
+    """Its other writes are awaited where called, but not all: the check stays on."""
+    async with service(handled(forgets_one)) as svc:
+        await svc.feed(record(0, [(1, 1)]))
+        await svc.settled()
+        [failure] = svc.set_aside.failures
+        assert "ctx.delete(...) was never awaited" in failure.reason
+        assert svc.committable() == 1
+
+
 async def test_a_handler_discarding_its_items_asks_for_statuses_and_one_reading_them_for_all(
 ) -> None:
     async def reads(change: Change, ctx: Context) -> None:
