@@ -64,6 +64,8 @@ def delete(*, index: str, id: str, version: int | None = None, **meta: Any) -> A
 def index_action(
     index: str, id: str, doc: Mapping[str, Any], version: int | None, meta: Mapping[str, Any]
 ) -> Action:
+    if version is None and not meta:  # the usual write
+        return {"_op_type": "index", "_index": index, "_id": id, "_source": doc}
     return _versioned(
         {"_op_type": "index", "_index": index, "_id": id, "_source": doc, **meta}, version
     )
