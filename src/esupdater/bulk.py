@@ -165,6 +165,7 @@ _META_KEYS: dict[str, str] = {
 }  # fmt: skip
 #: Each NDJSON line ends with one.
 _NEWLINE = 1
+_TWO_NEWLINES = 2 * _NEWLINE
 #: The keys of the actions ctx.index and ctx.delete make when given no other option.
 _INDEX_SHAPE = frozenset({"_op_type", "_index", "_id", "_source"})
 _DELETE_SHAPE = frozenset({"_op_type", "_index", "_id"})
@@ -337,8 +338,10 @@ class BulkWriter:
         serialised or keyed (its failure is the row's own); and the groups it queued.
         `awaited`: the owner hands the items on to a caller that may read them (`Group`).
         """
-        order, lanes, limits = self._order, self._lanes, self.limits
-        groups: list[Group | None] = [None] * len(lanes)
+        order, lanes = self._order, self._lanes
+        lane_count = len(lanes)
+        most_bytes = self.limits.max_chunk_bytes
+        groups: list[Group | None] = [None] * lane_count
         left_out: list[int] = []
         sealed: list[Group] = []
         index_headers, dumps = self._index_headers, self._dumps
@@ -350,41 +353,44 @@ class BulkWriter:
                 if doc_id is None or key in order:
                     left_out.append(row)
                     continue
-                number = hash(key) % len(lanes)
+                number = hash(key) % lane_count
                 group = groups[number]
                 if group is None:
                     group = groups[number] = Group(owner, awaited)
-                lines = group.lines
-                before = len(lines)
                 # _lines's usual case, inlined: an index action of ctx.index's shape.
                 if (
-                    len(action) == 4 and type(doc_id) is str
-                    and action.get("_op_type") == "index" and action.keys() == _INDEX_SHAPE
+                    action.keys() == _INDEX_SHAPE and type(doc_id) is str
+                    and action["_op_type"] == "index"
                     and (prefix := index_headers.get(key[0])) is not None
                 ):
                     header_line = prefix + orjson.dumps(doc_id) + b"}}"
                     body_line = dumps(action["_source"])
-                    lines.append(header_line)
-                    lines.append(body_line)
-                    size = len(header_line) + len(body_line) + 2 * _NEWLINE
+                    size = len(header_line) + len(body_line) + _TWO_NEWLINES
+                    if group.actions and group.size + size > most_bytes:
+                        # Full: sealed as one request's worth; this action starts the next.
+                        self._seal(group, number)
+                        sealed.append(group)
+                        group = groups[number] = Group(owner, awaited)
+                    group.lines += (header_line, body_line)
                 else:
+                    lines = group.lines
+                    before = len(lines)
                     try:
                         size = self._lines(action, lines)
                     except BaseException:
                         del lines[before:]
                         raise
+                    if group.actions and group.size + size > most_bytes:
+                        carried = lines[before:]
+                        del lines[before:]
+                        self._seal(group, number)
+                        sealed.append(group)
+                        group = groups[number] = Group(owner, awaited)
+                        group.lines.extend(carried)
             except (SerializationError, RecursionError, orjson.JSONEncodeError, TypeError,
                     ValueError):
                 left_out.append(row)  # queued alone, it fails as the row's own
                 continue
-            if group.actions and group.size + size > limits.max_chunk_bytes:
-                # Full: sealed as one request's worth; this action starts the next group.
-                carried = lines[before:]
-                del lines[before:]
-                self._seal(group, number)
-                sealed.append(group)
-                group = groups[number] = Group(owner, awaited)
-                group.lines.extend(carried)
             # Ticket(None) without its __init__ (a call from C): one per grouped row.
             ticket = new_ticket(Ticket)
             ticket.queue = None
