@@ -28,6 +28,10 @@ FETCH_TIMEOUT_MS = 200
 CANCEL_TIMEOUT = 5.0
 #: Seconds a commit may take at least (it is bounded by the drain timeout otherwise).
 MIN_COMMIT_TIMEOUT = 5.0
+#: Once caught up, a commit comes this share of the commit interval after the last at the
+#: earliest (at most four per interval), and is looked for this often.
+CAUGHT_UP_SHARE = 0.25
+CAUGHT_UP_POLL_SECONDS = 0.05
 
 
 def rebalance_timeout_ms(drain_timeout: float) -> int:
@@ -155,8 +159,28 @@ class ConsumeLoop:
 
     async def _commit_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.commit_interval)
+            await self._until_commit_due()
             await self.commit()
+
+    async def _until_commit_due(self) -> None:
+        """Until the next commit: `commit_interval` after the last one, or sooner once the
+        consumer has caught up (no row in flight) with done rows not committed yet, but no
+        sooner than `CAUGHT_UP_SHARE` of the interval after the last one. Then the commit
+        point reaches the end of a backlog or a burst as it is done, instead of up to an
+        interval later (the lag shown, and what a restart would replay), while a busy
+        stream still commits once per interval and a trickle a few times at most."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        due = started + self.commit_interval
+        earliest = started + self.commit_interval * CAUGHT_UP_SHARE
+        poll = min(CAUGHT_UP_POLL_SECONDS, self.commit_interval)
+        while True:
+            now = loop.time()
+            if now >= due:
+                return
+            if now >= earliest and not self.dispatcher.in_flight and self.offsets.commit_map():
+                return
+            await asyncio.sleep(min(poll, due - now))
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""

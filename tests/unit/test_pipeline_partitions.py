@@ -88,7 +88,10 @@ def _registry() -> Registry:
     return registry
 
 
-def _pipeline(consumer: FakeConsumer, runner: RecordingRunner, *, max_workers: int) -> ConsumeLoop:
+def _pipeline(
+    consumer: FakeConsumer, runner: RecordingRunner, *, max_workers: int,
+    commit_interval: float = 3600,
+) -> ConsumeLoop:
     """The consume loop over a fake consumer; the feeder and pauses as the service builds them."""
     stats = Stats()
     pauses = PartitionPauses(consumer)
@@ -99,7 +102,7 @@ def _pipeline(consumer: FakeConsumer, runner: RecordingRunner, *, max_workers: i
         backoff=Backoff.from_ms(1, 5), gate=pauses,
     )
     return ConsumeLoop(consumer, ["binlog"], feeder, pauses, stats,  # type: ignore[arg-type]
-                       commit_interval=3600, drain_timeout=1.0)
+                       commit_interval=commit_interval, drain_timeout=1.0)
 
 
 def record(offset: int, ids: Sequence[int], type: str = "INSERT") -> Any:
@@ -279,3 +282,54 @@ async def test_a_partition_whose_head_is_stuck_is_paused_and_resumed_once_it_mov
     await pipeline.commit()
     assert TP not in consumer.paused
     assert consumer.commits[-1] == {TP: 60}
+
+
+# -- committing once caught up ---------------------------------------------------------------
+
+
+async def _commits_over(
+    pipeline: ConsumeLoop, consumer: FakeConsumer, seconds: float,
+) -> list[tuple[float, dict[TopicPartition, int]]]:
+    """The commit loop run for `seconds`: each commit with its time from the start."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    timed: list[tuple[float, dict[TopicPartition, int]]] = []
+    committed = consumer.commit
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        timed.append((loop.time() - started, dict(offsets)))
+        await committed(offsets)
+
+    consumer.commit = commit  # type: ignore[method-assign]
+    committing = asyncio.create_task(pipeline._commit_loop())
+    await asyncio.sleep(seconds)
+    committing.cancel()
+    return timed
+
+
+async def test_once_every_fetched_row_is_done_the_commit_comes_before_the_interval() -> None:
+    consumer, runner = FakeConsumer(), RecordingRunner()
+    pipeline = _pipeline(consumer, runner, max_workers=4, commit_interval=2.0)
+    await pipeline.on_assigned({TP})
+    await pipeline.feed_batch({TP: [record(0, [1]), record(1, [2])]})
+    assert await pipeline.dispatcher.drain(timeout=1.0)
+    timed = await _commits_over(pipeline, consumer, 1.2)
+    # One commit, a quarter of the interval in (the earliest once caught up), none after:
+    # nothing more was done.
+    assert [offsets for _, offsets in timed] == [{TP: 2}]
+    assert 0.5 <= timed[0][0] < 1.0, timed
+
+
+async def test_while_rows_are_in_flight_the_commit_waits_for_the_interval() -> None:
+    consumer, runner = FakeConsumer(), RecordingRunner()
+    pipeline = _pipeline(consumer, runner, max_workers=4, commit_interval=1.0)
+    await pipeline.on_assigned({TP})
+    runner.gates["2"] = gate = asyncio.Event()
+    await pipeline.feed_batch({TP: [record(0, [1]), record(1, [2])]})
+    await settle(20)  # row 1 done, row 2 held: offset 1 committable, a row in flight
+    timed = await _commits_over(pipeline, consumer, 1.3)
+    assert [offsets for _, offsets in timed] == [{TP: 1}]
+    assert timed[0][0] >= 0.95, timed  # the whole interval: not caught up
+    gate.set()
+    assert await pipeline.dispatcher.drain(timeout=1.0)
+
