@@ -174,13 +174,14 @@ class ConsumeLoop:
         due = started + self.commit_interval
         earliest = started + self.commit_interval * CAUGHT_UP_SHARE
         poll = min(CAUGHT_UP_POLL_SECONDS, self.commit_interval)
+        now = started
         while True:
+            await asyncio.sleep(max(0.0, min(poll, due - now)))  # awaits once at least
             now = loop.time()
             if now >= due:
                 return
             if now >= earliest and not self.dispatcher.in_flight and self.offsets.commit_map():
                 return
-            await asyncio.sleep(min(poll, due - now))
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every row is done."""
