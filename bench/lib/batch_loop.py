@@ -11,7 +11,9 @@ Elasticsearch, the client's orjson serializer as esupdater uses by default.
 
 SIGTERM stops it after the batch in hand; on exit it writes its figures to the spec's
 `result` path: first row, rows, batches, bulk requests (counted as the helper chunks them) and
-its own peak RSS.
+its own peak RSS; with the spec's `latency`, each row's latency too (bench/lib/latency.py):
+from its record's CreateTime to the end of the batch's `async_bulk`, which is when the loop
+knows Elasticsearch took the row.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,8 @@ class BatchLoop:
         self.batches = 0
         self.bulk_requests = 0
         self.errors = 0
+        #: Pairs (record time, seconds from record time to acknowledgement), flattened.
+        self.samples = array("d")
 
     async def run(self, stop: asyncio.Event) -> None:
         spec = self.spec
@@ -82,11 +87,15 @@ class BatchLoop:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
                 actions: list[dict[str, Any]] = []
+                stamps: list[tuple[float, int]] = []  # (record time, its rows), in latency mode
                 for records in batch.values():
                     for record in records:
                         if record.value is not None:
-                            actions += actions_of(orjson.loads(record.value), spec["index"],
-                                                  spec["route"])
+                            rows = actions_of(orjson.loads(record.value), spec["index"],
+                                              spec["route"])
+                            actions += rows
+                            if spec.get("latency"):
+                                stamps.append((record.timestamp / 1000, len(rows)))
                 if actions:
                     if self.first is None:
                         self.first = time.monotonic()
@@ -99,6 +108,9 @@ class BatchLoop:
                     # here); Elasticsearch's own count is read by the parent as a check.
                     self.bulk_requests += math.ceil(len(actions) / CHUNK_SIZE)
                     self.last = time.monotonic()
+                    now = time.time()
+                    for sent, count in stamps:
+                        self.samples.extend((sent, now - sent) * count)
                 if batch:
                     await consumer.commit()
         finally:
@@ -113,6 +125,7 @@ class BatchLoop:
             "batches": self.batches,
             "bulk_requests": self.bulk_requests,
             "errors": self.errors,
+            "samples": list(self.samples),
             "peak_rss_mb": peak_rss_mb(os.getpid()),
         }
 

@@ -1,10 +1,11 @@
 """Latency at a steady load: from the Kafka record's timestamp to Elasticsearch's ack.
 
-A paced producer writes the users dataset at a fixed rate (half the best measured rate) into
-an empty topic that an esupdater child is already consuming. Each message carries the same
-millisecond as its Kafka CreateTime and as Canal's `es` (execution time); the child's probe
-takes `change.executed_at` after `await ctx.index(...)` returned (with a mapper: when the
-service reports the row done, on its acknowledgement), so each sample is "record timestamp ->
+A paced producer writes the users dataset, encoded beforehand, at a fixed rate (half the best
+measured rate) into an empty topic that an esupdater child is already consuming. Each message
+carries the same millisecond as its Kafka CreateTime and as Canal's `es` (execution time);
+the child's probe takes `change.executed_at` after `await ctx.index(...)` returned (with a
+mapper: when the service reports the row done, on its acknowledgement; D: when its batch's
+`async_bulk` returned), so each sample is "record timestamp ->
 acknowledged by Elasticsearch". The first `warmup` seconds are dropped.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench.lib.dataset import encode, statements
-from bench.lib.e2e import RunResult, Variant, run_esupdater
-from bench.lib.stack import Stack
+from bench.lib.e2e import BATCH, RunResult, Variant, run_esupdater
+from bench.lib.stack import RAW_DATES_MAPPING, Stack
 from tools.local_stack import KAFKA
 
 
@@ -58,23 +59,55 @@ def percentile(values: list[float], q: float) -> float:
     return values[rank - 1]
 
 
-async def paced(topic: str, rate: float, seconds: float, *, partitions: int,
-                rows_per_message: int) -> tuple[int, float]:
-    """Produce `rate` rows/s for `seconds`; (rows sent, seconds taken)."""
+#: Each message is encoded before the clock starts with this `es`, which the send time replaces.
+_ES_PLACEHOLDER = b'"es":0,'
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """One message encoded ahead, split where its send time goes."""
+
+    partition: int
+    rows: int
+    head: bytes
+    tail: bytes
+
+    def at(self, ms: int) -> bytes:
+        return b"%s%d%s" % (self.head, ms, self.tail)
+
+
+def encoded_ahead(rows: int, *, partitions: int, rows_per_message: int) -> list[list[Timed]]:
+    """The dataset's first `rows` rows, one list of messages per statement (they share a send
+    time). Encoding as the clock runs cost the producer more CPU than the service it loads
+    (generating rows, then JSON), which crowded the two cores and the tail it measures."""
+    ahead: list[list[Timed]] = []
+    for statement in statements(rows, partitions=partitions):
+        group = []
+        for partition, value, n in encode(statement, rows_per_message, es_ms=0):
+            head, found, tail = value.partition(_ES_PLACEHOLDER)
+            assert found, "a flat message without its es field"
+            group.append(Timed(partition, n, head + b'"es":', b"," + tail))
+        ahead.append(group)
+    return ahead
+
+
+async def paced(topic: str, rate: float, ahead: list[list[Timed]]) -> tuple[int, float]:
+    """Produce `ahead` at `rate` rows/s, each message stamped (Kafka CreateTime and Canal's
+    `es`) as it is sent; (rows sent, seconds taken)."""
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks=1, linger_ms=1)
     await producer.start()
-    rows = int(rate * seconds)
     sent = 0
     started = time.monotonic()
     try:
-        for statement in statements(rows, partitions=partitions):
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:  # sent more than due by now: wait until it is due
-                await asyncio.sleep(ahead)
+        for group in ahead:
+            due = sent / rate - (time.monotonic() - started)
+            if due > 0:  # sent more than due by now: wait until it is due
+                await asyncio.sleep(due)
             now_ms = time.time_ns() // 1_000_000
-            for partition, value, n in encode(statement, rows_per_message, es_ms=now_ms):
-                await producer.send(topic, value, partition=partition, timestamp_ms=now_ms)
-                sent += n
+            for message in group:
+                await producer.send(topic, message.at(now_ms), partition=message.partition,
+                                    timestamp_ms=now_ms)
+                sent += message.rows
         await producer.flush()
     finally:
         await producer.stop()
@@ -85,15 +118,18 @@ async def measure(
     stack: Stack, variant: Variant, rate: float, seconds: float, *,
     partitions: int, warmup: float, es_pid: int | None = None,
 ) -> Latency:
-    kind = f"latency-{variant.rows_per_message}" + ("-mapper" if variant.mapper else "")
+    kind = (f"latency-{variant.rows_per_message}" + ("-mapper" if variant.mapper else "")
+            + ("-d" if variant.program == BATCH else ""))
     topic = await stack.create_topic(kind, partitions)
-    index = await stack.create_index(kind)
+    index = await stack.create_index(
+        kind, mappings=RAW_DATES_MAPPING if variant.program == BATCH else None)
     produced: dict[str, float] = {}
+    ahead = encoded_ahead(int(rate * (warmup + seconds)), partitions=partitions,
+                          rows_per_message=variant.rows_per_message)
 
     async def feed() -> None:
         produced["start"] = time.time()
-        rows, took = await paced(topic, rate, warmup + seconds, partitions=partitions,
-                                 rows_per_message=variant.rows_per_message)
+        rows, took = await paced(topic, rate, ahead)
         produced["rate"] = rows / took
 
     try:

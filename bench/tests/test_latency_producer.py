@@ -1,0 +1,35 @@
+"""The paced producer's messages, encoded before the clock starts, as they are sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bench.lib.dataset import encode, statements
+from bench.lib.latency import encoded_ahead
+
+
+def _without_ts(value: bytes) -> dict[str, Any]:
+    message: dict[str, Any] = orjson.loads(value)
+    del message["ts"]  # when the message was built, not part of what is compared
+    return message
+
+
+def test_a_message_stamped_at_send_time_is_the_one_encoded_with_that_time() -> None:
+    for rows_per_message in (1, 10):
+        ahead = encoded_ahead(200, partitions=4, rows_per_message=rows_per_message)
+        built = [list(encode(st, rows_per_message, es_ms=1_796_000_000_123))
+                 for st in statements(200, partitions=4)]
+        assert len(ahead) == len(built)
+        for group, expected in zip(ahead, built, strict=True):
+            assert len(group) == len(expected)
+            for message, (partition, value, rows) in zip(group, expected, strict=True):
+                assert (message.partition, message.rows) == (partition, rows)
+                assert _without_ts(message.at(1_796_000_000_123)) == _without_ts(value)
+
+
+def test_each_statement_keeps_its_rows_and_the_dataset_its_size() -> None:
+    ahead = encoded_ahead(1_000, partitions=4, rows_per_message=1)
+    assert sum(m.rows for group in ahead for m in group) == 1_000
+    assert all(len({m.partition for m in group}) == 1 for group in ahead)
