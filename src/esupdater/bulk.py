@@ -7,7 +7,9 @@ While a lane's request is on the wire, what arrives waits; when the lane is free
 of it (up to `chunk_size` actions and `max_chunk_bytes` bytes), after letting the tasks that
 are still producing finish their turn: it sends as soon as a turn of the event loop adds
 nothing, or after `flush_interval` at most. So light load gets low latency and heavy load
-gets big requests.
+gets big requests. Lanes overlap only under load: while another lane's request is on the
+wire, a lane sends once it holds its share of a full request, or that request has taken
+`flush_interval` (`_hold_back`).
 
 Each action is serialised once, as it joins a request, into its NDJSON lines with the
 client's JSON serializer (orjson, Decimal exact: clients.py); the request body is those
@@ -176,17 +178,30 @@ _MAX_HEADERS = 1024
 class _Lane:
     """Actions waiting for one lane's next request, and the lane task's wake-up."""
 
-    __slots__ = ("items", "stopping", "waiter")
+    __slots__ = ("items", "short", "stopping", "waiter")
 
     def __init__(self) -> None:
         self.items: deque[_LaneItem] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.stopping = False
+        #: While the lane holds its request back for another lane's (`_hold_back`): the
+        #: actions it still lacks to go alongside; 0 otherwise.
+        self.short = 0
 
-    def wake(self) -> None:
+    def wake(self, actions: int = 1) -> None:
+        """`actions` were added: the lane goes on, unless it holds back and lacks more."""
         waiter = self.waiter
         if waiter is not None and not waiter.done():
+            if self.short > 0:
+                self.short -= actions
+                if self.short > 0:
+                    return
             waiter.set_result(None)
+
+    def release(self) -> None:
+        """Go on whatever the lane lacks: another lane's request was answered, or closing."""
+        self.short = 0
+        self.wake()
 
 
 #: What of each item a bulk answer carries (`filter_path`). A handler's write returns its
@@ -233,6 +248,9 @@ class BulkWriter:
         # index is falling behind. Retries themselves never stop (nothing is dropped).
         self.quiet_retries = quiet_retries
         self._lanes = [_Lane() for _ in range(limits.max_in_flight)]
+        # Requests on the wire, and the items a lane needs to send alongside one (_hold_back).
+        self._on_wire = 0
+        self._overlap_at = max(1, limits.chunk_size // limits.max_in_flight)
         self._tasks: list[asyncio.Task[None]] = []
         # Unsettled writes per (index, id): the ticket while it is the only one, then the
         # list of them in submission order.
@@ -260,7 +278,7 @@ class BulkWriter:
         """Send what is queued, then stop the lanes."""
         for lane in self._lanes:
             lane.stopping = True
-            lane.wake()
+            lane.release()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._loop = None
@@ -412,7 +430,7 @@ class BulkWriter:
         lane = self._lanes[number]
         lane.items.append(group)
         if lane.waiter is not None:
-            lane.wake()
+            lane.wake(len(group.actions))
 
     def done_with(self, ticket: Ticket, key: tuple[Any, Any] | None) -> None:
         """The action of `ticket` settled: later writes of its document no longer wait."""
@@ -521,9 +539,43 @@ class BulkWriter:
                 continue
             if not lane.stopping:
                 await self._settle_in(lane, loop)
+                if self._on_wire:
+                    await self._hold_back(lane, loop)
             batch = self._take(lane)
             if batch.items:
-                await self._send(batch)
+                self._on_wire += 1
+                try:
+                    await self._send(batch)
+                finally:
+                    self._on_wire -= 1
+                    for other in self._lanes:
+                        if other.short:
+                            other.release()
+
+    async def _hold_back(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait while another lane's request is on the wire, until it is answered, this
+        lane holds its share of a full request (`chunk_size / max_in_flight` actions), or
+        `flush_interval` has passed (a slow answer does not hold the other lanes up).
+
+        Requests overlap only when the load needs it: a backlog fills the lanes and they
+        all send at once, while a steady flow goes one request at a time. Two concurrent
+        partial requests into one shard made Elasticsearch write its indexing buffer on a
+        bulk thread while the other waited: ~0.5 s without indexing every ~235,000 rows,
+        where one request at a time had none (README, performance).
+        """
+        waiting = sum(len(item.actions) if isinstance(item, Group) else 1
+                      for item in lane.items)
+        if waiting >= self._overlap_at:
+            return
+        lane.short = self._overlap_at - waiting
+        lane.waiter = loop.create_future()
+        timer = loop.call_later(self.limits.flush_interval, lane.release)
+        try:
+            await lane.waiter
+        finally:
+            timer.cancel()
+            lane.waiter = None
+            lane.short = 0
 
     async def _settle_in(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
         """Flush on idle: wait while each turn of the loop adds actions (the tasks woken by

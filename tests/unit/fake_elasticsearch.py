@@ -65,6 +65,8 @@ class FakeElasticsearch:
         )
         self._client_meta: Any = ()
         self._called = asyncio.Condition()
+        #: When set by a test: each request waits for this before it is answered.
+        self.answers: asyncio.Event | None = None
 
     async def wait_calls(self, n: int) -> None:
         """Until `n` bulk requests have been made."""
@@ -93,6 +95,8 @@ class FakeElasticsearch:
         self.calls.append(call)
         async with self._called:
             self._called.notify_all()
+        if self.answers is not None:
+            await self.answers.wait()
         error = self.fail_request(n)
         if error is not None:
             raise error
