@@ -308,7 +308,9 @@ def _notes(args: argparse.Namespace) -> list[str]:
         "up to its total, the stages' percentiles (over the rows with both ends) do not. "
         "commit -> Kafka can come out below 0 for a few rows: the commit time is when the "
         "benchmark saw its INSERT return, which Canal can beat.",
-        "latency: each index like the backlog's (refresh_interval -1); the paced producer "
+        "latency: each index like the backlog's but refreshing as a live one does (the "
+        "default 1 s: with -1 the window meets Elasticsearch writing a heap-sized indexing "
+        "buffer on a bulk thread, ~0.5 s without indexing); the paced producer "
         "encodes its messages before the clock starts and stamps each as it sends it; D's "
         "rows count from their record's time to the end of their batch's async_bulk.",
         f"scale-out: one esupdater process, then {args.scale_processes} in one group, back "

@@ -174,8 +174,8 @@ class Results:
             if lat:
                 found.append(_target(f"p99 append -> ack <= {TARGET_P99_MS:g} ms at half load"
                                      + path, round(lat.p99_ms, 1), lat.p99_ms <= TARGET_P99_MS,
-                                     f"{lat.run.variant.label} at {lat.achieved_rate:,.0f} rows/s"
-                                     + beside))
+                                     f"{lat.run.variant.label} at {lat.achieved_rate:,.0f} rows/s, "
+                                     "index refreshing each 1 s" + beside))
         for fresh in self.freshness:
             default = fresh.refresh == DEFAULT_REFRESH
             found.append(_target(

@@ -1,4 +1,5 @@
-"""The paced producer's messages, encoded before the clock starts, as they are sent."""
+"""The latency phase's input: the paced producer's messages, encoded before the clock
+starts, as they are sent; and the index they go to."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 import orjson
 
 from bench.lib.dataset import encode, statements
-from bench.lib.latency import encoded_ahead
+from bench.lib.latency import LIVE_INDEX_SETTINGS, encoded_ahead
+from bench.lib.stack import INDEX_SETTINGS
 
 
 def _without_ts(value: bytes) -> dict[str, Any]:
@@ -33,3 +35,9 @@ def test_each_statement_keeps_its_rows_and_the_dataset_its_size() -> None:
     ahead = encoded_ahead(1_000, partitions=4, rows_per_message=1)
     assert sum(m.rows for group in ahead for m in group) == 1_000
     assert all(len({m.partition for m in group}) == 1 for group in ahead)
+
+
+def test_the_latency_index_refreshes_as_a_live_one_and_is_otherwise_the_backlogs() -> None:
+    assert "refresh_interval" not in LIVE_INDEX_SETTINGS  # Elasticsearch's default, 1 s
+    assert INDEX_SETTINGS["refresh_interval"] == "-1"
+    assert {**LIVE_INDEX_SETTINGS, "refresh_interval": "-1"} == INDEX_SETTINGS
